@@ -1,0 +1,25 @@
+"""Shared pytest set-up: the --run-gpu switch and offline defaults for every test."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-gpu",
+        action="store_true",
+        default=False,
+        help="run tests and benchmarks marked 'gpu' (need CUDA, real data and weights)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-gpu"):
+        return
+    skip = pytest.mark.skip(reason="GPU test: pass --run-gpu on a machine with CUDA, data and weights")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,178 @@
+"""The STEGO correspondence-distillation loss (paper eqs. 1–5, PROTOCOL §3), as a deterministic function.
+
+Randomness (sample coordinates, negative pairings) is drawn by `draw_samples` and can be injected, so the
+loss of given inputs and draws is a plain function that tests can check against a brute-force reference.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+POINTWISE = ("release", "paper", "off")
+
+
+@dataclass
+class LossConfig:
+    """Weights λ and shifts b of the three terms, and the switches of the paper's ablations."""
+
+    lambda_self: float = 0.1
+    lambda_knn: float = 1.0
+    lambda_rand: float = 0.1538
+    b_self: float = 0.12
+    b_knn: float = 0.2
+    b_rand: float = 1.0
+    pointwise: str = "release"
+    """Spatial centering: 'release' (global-mean add-back), 'paper' (eq. 3, no add-back) or 'off'."""
+    zero_clamp: bool = True
+    stabilize: bool = False
+    """The release's off-by-default upper clamp of the code correlation at 0.8."""
+    feature_samples: int = 11
+    neg_samples: int = 5
+
+    def __post_init__(self):
+        if self.pointwise not in POINTWISE:
+            raise ValueError(f"pointwise must be one of {POINTWISE}, got {self.pointwise!r}")
+
+
+@dataclass
+class Draws:
+    """The random choices of one loss evaluation."""
+
+    coords1: torch.Tensor
+    """Anchor sample points [B, S, S, 2] in [-1, 1)."""
+    coords2: torch.Tensor
+    """Partner sample points [B, S, S, 2] in [-1, 1)."""
+    perms: torch.Tensor
+    """Negative pairings [neg_samples, B]: draw n pairs image i with image perms[n, i] ≠ i."""
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    self_loss: torch.Tensor
+    knn_loss: torch.Tensor
+    rand_loss: torch.Tensor
+    corr_self: torch.Tensor
+    """Mean code correlation of each term (detached): the balance read-out of the paper's A.11."""
+    corr_knn: torch.Tensor
+    corr_rand: torch.Tensor
+
+
+def derangement_perm(n: int, generator=None, device=None) -> torch.Tensor:
+    """The release's `super_perm`: a random permutation whose fixed points are moved up by one, modulo n."""
+    perm = torch.randperm(n, generator=generator, device=device)
+    perm[perm == torch.arange(n, device=device)] += 1
+    return perm % n
+
+
+def draw_samples(batch: int, cfg: LossConfig, generator=None, device=None) -> Draws:
+    """Draw sample coordinates for anchor and partner, and the negative pairings."""
+    shape = (batch, cfg.feature_samples, cfg.feature_samples, 2)
+    coords1 = torch.rand(shape, generator=generator, device=device) * 2 - 1
+    coords2 = torch.rand(shape, generator=generator, device=device) * 2 - 1
+    perms = [derangement_perm(batch, generator, device) for _ in range(cfg.neg_samples)]
+    perms = torch.stack(perms) if perms else torch.empty(0, batch, dtype=torch.long, device=device)
+    return Draws(coords1, coords2, perms)
+
+
+def sample(t: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of t [B, C, h, w] at coords [B, S, S, 2] → [B, C, S, S] (border padding, aligned corners)."""
+    return F.grid_sample(t, coords.permute(0, 2, 1, 3), padding_mode="border", align_corners=True)
+
+
+def sample_points(t: torch.Tensor, images: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of t [B, C, h, w] at points (images[k], coords[k]) → [K, C]; `sample`'s rule exactly.
+
+    Written as an embedding bag over the channels-last pixel table, so sampling other images of the batch
+    (the random pairings) reads only the 4 pixels each point needs, instead of copying whole feature maps.
+    """
+    batch, channels, h, w = t.shape
+    table = t.permute(0, 2, 3, 1).reshape(batch * h * w, channels)
+    x = ((coords[:, 0] + 1) / 2 * (w - 1)).clamp(0, w - 1)
+    y = ((coords[:, 1] + 1) / 2 * (h - 1)).clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    ax, ay = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    base = images * (h * w)
+    taps = torch.stack([base + y0 * w + x0, base + y0 * w + x1, base + y1 * w + x0, base + y1 * w + x1], dim=1)
+    weights = torch.stack([(1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay], dim=1).to(t.dtype)
+    return F.embedding_bag(taps, table, per_sample_weights=weights, mode="sum")
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine correlation of every point of a with every point of b: [N, P, C] × [N, Q, C] → [N, P, Q]."""
+    a = F.normalize(a, dim=-1, eps=1e-10)
+    b = F.normalize(b, dim=-1, eps=1e-10)
+    return torch.bmm(a, b.transpose(1, 2))
+
+
+def center(fd: torch.Tensor, mode: str) -> torch.Tensor:
+    """Spatial ('pointwise') centering of feature correlations fd [G, B, P, Q], one group per term or draw.
+
+    Each anchor point's mean over partner points is subtracted; the release then adds back the global mean of
+    the uncentred group (the group is what one call of the release's helper saw).
+    """
+    if mode == "off":
+        return fd
+    centred = fd - fd.mean(dim=-1, keepdim=True)
+    if mode == "release":
+        dims = (1, 2, 3)
+        centred = centred - centred.mean(dim=dims, keepdim=True) + fd.mean(dim=dims, keepdim=True)
+    return centred
+
+
+def correspondence_loss(feats, feats_pos, code, code_pos, cfg: LossConfig, draws: Draws) -> LossOutput:
+    """STEGO's loss of anchor features/codes against themselves, their KNN partners and random batch partners.
+
+    feats, feats_pos: teacher features [B, C, h, w] (no gradient flows into them);
+    code, code_pos: head outputs [B, D, h, w]. All 2 + neg_samples terms are evaluated in one batched pass.
+    """
+    neg, batch = draws.perms.shape
+    groups = neg + 2
+    points = draws.coords1.shape[1] * draws.coords1.shape[2]
+    own = torch.arange(batch, device=feats.device).repeat_interleave(points)
+    coords1 = draws.coords1.reshape(-1, 2)
+    coords2 = draws.coords2.reshape(-1, 2)
+    # The anchor's points (own image, coords1) then each random draw's (image perms[n, b], coords2 of b).
+    images = torch.cat([own, draws.perms.repeat_interleave(points, dim=1).reshape(-1)])
+    coords = torch.cat([coords1, coords2.repeat(neg, 1)])
+
+    def points_of(maps, maps_pos):
+        on_batch = sample_points(maps, images, coords).reshape(neg + 1, batch, points, -1)
+        knn = sample_points(maps_pos, own, coords2).reshape(1, batch, points, -1)
+        anchor = on_batch[:1]
+        partners = torch.cat([anchor, knn, on_batch[1:]]).reshape(groups * batch, points, -1)
+        return anchor.expand(groups, -1, -1, -1).reshape(groups * batch, points, -1), partners
+
+    with torch.no_grad():
+        fd = correlation(*points_of(feats.detach(), feats_pos.detach())).unflatten(0, (groups, batch))
+        fd = center(fd, cfg.pointwise)
+    cd = correlation(*points_of(code, code_pos)).unflatten(0, (groups, batch))
+
+    shift = torch.tensor([cfg.b_self, cfg.b_knn] + [cfg.b_rand] * neg, dtype=fd.dtype, device=fd.device)
+    clamped = cd
+    if cfg.zero_clamp or cfg.stabilize:
+        clamped = cd.clamp(0.0 if cfg.zero_clamp else None, 0.8 if cfg.stabilize else None)
+    loss = -clamped * (fd - shift.view(-1, 1, 1, 1))
+
+    zero = loss.new_zeros(())
+    self_loss, knn_loss = loss[0].mean(), loss[1].mean()
+    rand_loss = loss[2:].mean() if neg else zero
+    total = cfg.lambda_self * self_loss + cfg.lambda_knn * knn_loss + cfg.lambda_rand * rand_loss
+    cd = cd.detach()
+    corr_rand = cd[2:].mean() if neg else zero.detach()
+    return LossOutput(total, self_loss, knn_loss, rand_loss, cd[0].mean(), cd[1].mean(), corr_rand)
+
+
+class CorrespondenceLoss(torch.nn.Module):
+    """Module wrapper that draws fresh samples on each call unless `draws` is given."""
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, feats, feats_pos, code, code_pos, draws: Draws | None = None, generator=None) -> LossOutput:
+        if draws is None:
+            draws = draw_samples(feats.shape[0], self.cfg, generator=generator, device=feats.device)
+        return correspondence_loss(feats, feats_pos, code, code_pos, self.cfg, draws)
