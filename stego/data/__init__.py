@@ -1,0 +1,1 @@
+"""Datasets, transforms, five-crop, KNN mining and synthetic scenes; import the submodules you need."""

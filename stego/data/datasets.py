@@ -1,0 +1,536 @@
+"""Dataset readers: CocoStuff-27, Cityscapes-27, Potsdam-3, a plain image folder, and five-crop output.
+
+On-disk layouts (ROOT is the data root; the names follow the authors' release, so its folders work as they are):
+
+CocoStuff-27 (COCO-Stuff 164k, IIC curated lists)::
+
+    ROOT/cocostuff/images/{train2017,val2017}/<id>.jpg
+    ROOT/cocostuff/annotations/{train2017,val2017}/<id>.png      fine labels 0–181, 255 unlabelled
+    ROOT/cocostuff/curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse.txt, ..._Coarse_7.txt   one id a line
+
+    split "train" reads curated/train2017/Coco164kFull_Stuff_Coarse.txt, "val" reads
+    curated/val2017/Coco164kFull_Stuff_Coarse_7.txt (the release's choice); `list_name` picks another list.
+
+Cityscapes-27 (gtFine)::
+
+    ROOT/cityscapes/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png
+    ROOT/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
+
+    class = labelId − 7; labelIds 0–6 and 255 are ignored; 34–254 are rejected (see mappings.py). Files are
+    read in sorted path order.
+
+Potsdam-3 (IIC tiles)::
+
+    ROOT/potsdam/imgs/<id>.mat      key "img": H×W×C (channel last, C ≥ 3, RGB-IR), uint8; the first 3 are used
+    ROOT/potsdam/gt/<id>.mat        key "gt": H×W fine labels 0–5, 255 unlabelled (absent for unlabelled tiles)
+    ROOT/potsdam/{labelled_train,unlabelled_train,labelled_test,all}.txt   one id a line
+
+    splits as in the release: "train" = labelled_train, "val" = labelled_test, "unlabelled_train",
+    "train+val" = labelled_train + labelled_test, "all"; plus "train+unlabelled" = labelled_train +
+    unlabelled_train (IIC's training set). Tiles of the labelled lists must have a gt file.
+
+Image folder (your own images)::
+
+    ROOT/images/<split>/*.{jpg,jpeg,png}     (ROOT/imgs/<split>/ — the release's name — is accepted too)
+    ROOT/labels/<split>/<same stem>.png      optional; if the folder exists every image needs its label;
+                                             class ids 0..n-1, 255 unlabelled
+    ROOT/classes.txt                         optional, one class name a line (sets n_classes)
+
+Five-crop output (written by `stego data fivecrop`)::
+
+    ROOT/cropped/<name>_five_crop_<ratio>/img/<split>/<index>.jpg
+    ROOT/cropped/<name>_five_crop_<ratio>/label/<split>/<index>.png     label + 1, 0 = ignore
+
+    <name> is the release's: "cocostuff27", "cityscapes" (for cityscapes27), "potsdam", else the dataset name.
+
+Every reader returns labels as int64 with IGNORE (-1) for unlabelled pixels. Bad input (missing, corrupt or
+truncated file, label out of range, image/label size mismatch, missing list entry, empty split) raises a
+one-line StegoError naming the file. With `skip_bad=True`, missing entries are dropped when the dataset is
+built, and files that fail to load are skipped when read (`try_load` returns None, `__getitem__` moves on to
+the next good item); every skipped file is recorded in `skipped` as (path, reason) and `write_skip_report`
+saves them as JSON. With a multi-worker DataLoader each worker keeps its own record; the warnings are logged.
+"""
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from stego.data import mappings
+from stego.data.transforms import SegTransform, default_transform
+from stego.errors import MissingFileError, StegoError
+from stego.io import atomic_save_json
+
+log = logging.getLogger(__name__)
+
+SKIP_HINT = "or pass --skip-bad to skip it and record it in a report"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class DataFileError(StegoError):
+    """A data file is unreadable or inconsistent; `path` names it, `problem` says what is wrong."""
+
+    def __init__(self, path, problem, fix):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+class CorruptFileError(DataFileError):
+    """An image, label or .mat file cannot be decoded (corrupt, truncated, wrong format)."""
+
+
+class LabelRangeError(DataFileError):
+    """A label file holds values that are no class id of its dataset."""
+
+
+class SizeMismatchError(DataFileError):
+    """An image and its label differ in size."""
+
+
+class MissingDataError(MissingFileError):
+    """A data file, list or folder is not where the layout says; the message says where to get it."""
+
+    def __init__(self, path, problem, fix):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+class EmptySplitError(StegoError):
+    """A split has no entries (or none left after skipping); `skipped` holds what was skipped."""
+
+    def __init__(self, path, problem, fix, skipped=()):
+        self.path, self.problem, self.skipped = str(path), problem, list(skipped)
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One listed entry: its image file, its label file (None: never labelled), where it was listed."""
+
+    image: str
+    label: str | None
+    label_required: bool
+    source: str
+
+
+class _DirListing:
+    """Existence checks through one directory listing per folder (fast for 100k-file folders)."""
+
+    def __init__(self):
+        self._names = {}
+
+    def exists(self, path):
+        folder, name = os.path.split(path)
+        if folder not in self._names:
+            try:
+                self._names[folder] = set(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                self._names[folder] = set()
+        return name in self._names[folder]
+
+
+def read_id_list(path, get_it):
+    """Ids listed one a line in `path` (blank lines dropped); missing or empty list → one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(path, "split list is missing", get_it)
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise EmptySplitError(path, "split list has no entries", get_it)
+    return ids
+
+
+def _ranges_text(valid):
+    """'0-181, 255' for a boolean table of valid raw values."""
+    values = np.flatnonzero(valid)
+    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
+    return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _unknown_split(name, split, known):
+    return StegoError(f"unknown {name} split {split!r}; choose one of {', '.join(known)}")
+
+
+class SegmentationDataset(Dataset):
+    """A list of (image, label) files, read with checks and mapped to class ids; see the module docstring."""
+
+    name = "dataset"
+    n_classes = None
+    class_names = None
+    cropped = False
+    get_it = "see the layouts in stego/data/datasets.py"
+    repair = "replace it with an intact copy from the original download"
+
+    def __init__(self, items, split, *, lut, valid, transform=None, skip_bad=False):
+        self.split = split
+        self.transform = transform if transform is not None else default_transform(split)
+        self.skip_bad = skip_bad
+        self._lut, self._valid = lut, valid
+        self._skipped = {}
+        self.items = self._resolve(items)
+        if not self.items:
+            source = items[0].source if items else "?"
+            raise EmptySplitError(source, f"none of the {len(items)} entries of split {split!r} has its files",
+                                  self.get_it, skipped=self.skipped)
+
+    def _missing_fix(self):
+        return f"{self.get_it}, {SKIP_HINT}"
+
+    def _bad_fix(self):
+        return f"{self.repair}, {SKIP_HINT}"
+
+    def _resolve(self, items):
+        listing, kept = _DirListing(), []
+        for item in items:
+            label = item.label
+            if not listing.exists(item.image):
+                self._fail(MissingDataError(item.image, f"image listed in {item.source} is missing",
+                                            self._missing_fix()))
+                continue
+            if label is not None and not listing.exists(label):
+                if item.label_required:
+                    self._fail(MissingDataError(label, f"label of {item.image} is missing", self._missing_fix()))
+                    continue
+                label = None
+            kept.append((item.image, label))
+        return kept
+
+    def _fail(self, exc):
+        """Raise `exc`, or with skip_bad record its file as skipped."""
+        if not self.skip_bad:
+            raise exc
+        if exc.path not in self._skipped:
+            log.warning("skipping %s: %s", exc.path, exc.problem)
+            self._skipped[exc.path] = exc.problem
+
+    @property
+    def skipped(self):
+        """[(path, reason)] of files skipped so far (skip_bad only)."""
+        return list(self._skipped.items())
+
+    def __len__(self):
+        return len(self.items)
+
+    def path(self, i):
+        """Image file of item i."""
+        return Path(self.items[i][0])
+
+    def label_path(self, i):
+        """Label file of item i, or None when it is unlabelled."""
+        label = self.items[i][1]
+        return None if label is None else Path(label)
+
+    def _read_image(self, path):
+        return read_rgb(path, self._bad_fix(), self._missing_fix())
+
+    def _read_label(self, path):
+        return read_label_png(path, self._bad_fix(), self._missing_fix())
+
+    def _map_label(self, raw, path):
+        if raw.ndim != 2 or raw.size == 0 or raw.dtype.kind not in "iub":
+            raise CorruptFileError(path, f"label must be a 2-D integer map, got shape {raw.shape} "
+                                         f"dtype {raw.dtype}", self._bad_fix())
+        raw = raw.astype(np.int64, copy=False)
+        inside = (raw >= 0) & (raw <= 255)
+        bad = ~inside
+        bad[inside] = ~self._valid[raw[inside]]
+        if bad.any():
+            values = np.unique(raw[bad])
+            shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            raise LabelRangeError(path, f"label values out of range: {shown} (allowed: "
+                                        f"{_ranges_text(self._valid)})", self._bad_fix())
+        return self._lut[raw]
+
+    def load(self, i):
+        """(PIL RGB image, int64 label [H,W] with -1 ignore, or None when unlabelled); bad files raise."""
+        image_path, label_path = self.items[i]
+        img = self._read_image(image_path)
+        if label_path is None:
+            return img, None
+        label = self._map_label(self._read_label(label_path), label_path)
+        if label.shape != (img.height, img.width):
+            raise SizeMismatchError(label_path, f"label is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+                                                f"{image_path} is {img.height}x{img.width}", self._bad_fix())
+        return img, label
+
+    def try_load(self, i):
+        """`load(i)`, or None for a bad file when skip_bad (the file is recorded in `skipped`)."""
+        try:
+            return self.load(i)
+        except (DataFileError, MissingDataError) as exc:
+            self._fail(exc)
+            return None
+
+    def __getitem__(self, i):
+        """dict(img=float32 [3,res,res], label=int64 [res,res], index=k) where k = i unless item i was skipped,
+        in which case k is the next good item."""
+        n = len(self)
+        for step in range(n):
+            k = (i + step) % n
+            pair = self.try_load(k)
+            if pair is not None:
+                img, label = self.transform(*pair)
+                return dict(img=img, label=label, index=k)
+        raise EmptySplitError(self.items[0][0], f"every file of split {self.split!r} failed to load",
+                              self._bad_fix(), skipped=self.skipped)
+
+    def write_skip_report(self, path):
+        """Save the skipped files as JSON: {dataset, split, skipped: [{path, reason}]}."""
+        atomic_save_json(dict(dataset=self.name, split=self.split,
+                              skipped=[dict(path=p, reason=r) for p, r in self.skipped]), path)
+
+
+def read_rgb(path, bad_fix, missing_fix):
+    """Decode an image file fully (truncation is caught here, not later) and convert it to RGB."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise MissingDataError(path, "image file is missing", missing_fix) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptFileError(path, f"cannot decode image ({_one_line(exc)})", bad_fix) from exc
+
+
+def read_label_png(path, bad_fix, missing_fix):
+    """A single-channel label image as a 2-D integer array (palette PNGs give their indices)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.asarray(im)
+    except FileNotFoundError:
+        raise MissingDataError(path, "label file is missing", missing_fix) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptFileError(path, f"cannot decode label image ({_one_line(exc)})", bad_fix) from exc
+    if arr.ndim != 2:
+        raise CorruptFileError(path, f"label image has mode {mode}; it must hold one class id per pixel "
+                                     "(a single-channel PNG)", bad_fix)
+    return arr
+
+
+def read_mat(path, key, bad_fix, missing_fix):
+    """Array stored under `key` in a MATLAB .mat file."""
+    from scipy.io import loadmat
+
+    if not os.path.isfile(path):
+        raise MissingDataError(path, ".mat file is missing", missing_fix)
+    try:
+        contents = loadmat(path)
+    except Exception as exc:  # scipy raises many types for corrupt files; all mean the same here
+        raise CorruptFileError(path, f"cannot read .mat file ({_one_line(exc)})", bad_fix) from exc
+    if key not in contents:
+        keys = sorted(k for k in contents if not k.startswith("__"))
+        raise CorruptFileError(path, f".mat file has no key {key!r} (keys: {keys})", bad_fix)
+    return np.asarray(contents[key])
+
+
+class CocoStuff27(SegmentationDataset):
+    """COCO-Stuff 164k with IIC's curated lists, fine labels mapped to the 27 coarse classes."""
+
+    name = "cocostuff27"
+    n_classes = 27
+    class_names = mappings.COCO_27_NAMES
+    get_it = ("get COCO 2017 images (images.cocodataset.org/zips/{train,val}2017.zip), stuffthingmaps_trainval2017"
+              ".zip (github.com/nightrome/cocostuff) and the curated lists (the STEGO release's cocostuff.zip) "
+              "into ROOT/cocostuff/ as stego/data/datasets.py documents")
+    SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
+    DEFAULT_LISTS = {"train": "Coco164kFull_Stuff_Coarse.txt", "val": "Coco164kFull_Stuff_Coarse_7.txt"}
+
+    def __init__(self, root, split, list_name=None, transform=None, skip_bad=False):
+        if split not in self.SPLIT_DIRS:
+            raise _unknown_split(self.name, split, self.SPLIT_DIRS)
+        base, folder = Path(root) / "cocostuff", self.SPLIT_DIRS[split]
+        list_file = base / "curated" / folder / (list_name or self.DEFAULT_LISTS[split])
+        items = [Item(str(base / "images" / folder / f"{i}.jpg"), str(base / "annotations" / folder / f"{i}.png"),
+                      True, str(list_file)) for i in read_id_list(list_file, self.get_it)]
+        super().__init__(items, split, lut=mappings.COCO_FINE_TO_27, valid=mappings.COCO_VALID_RAW,
+                         transform=transform, skip_bad=skip_bad)
+
+
+class Cityscapes27(SegmentationDataset):
+    """Cityscapes gtFine, labelIds 7–33 as the 27 classes (labelId − 7)."""
+
+    name = "cityscapes27"
+    n_classes = 27
+    class_names = mappings.CITYSCAPES_27_NAMES
+    get_it = ("get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from www.cityscapes-dataset.com "
+              "(or the STEGO release's cityscapes.zip) into ROOT/cityscapes/ as stego/data/datasets.py documents")
+
+    def __init__(self, root, split, transform=None, skip_bad=False):
+        base = Path(root) / "cityscapes"
+        img_dir = base / "leftImg8bit" / split
+        if not img_dir.is_dir():
+            raise MissingDataError(img_dir, f"split folder of {split!r} is missing", self.get_it)
+        suffix = "_leftImg8bit.png"
+        images = sorted(img_dir.glob(f"*/*{suffix}"))
+        if not images:
+            raise EmptySplitError(img_dir, f"no <city>/*{suffix} files", self.get_it)
+        items = [Item(str(p), str(base / "gtFine" / split / p.parent.name / (p.name[:-len(suffix)]
+                                                                             + "_gtFine_labelIds.png")),
+                      True, str(img_dir)) for p in images]
+        super().__init__(items, split, lut=mappings.CITYSCAPES_LABELID_TO_27, valid=mappings.CITYSCAPES_VALID_RAW,
+                         transform=transform, skip_bad=skip_bad)
+
+
+class Potsdam3(SegmentationDataset):
+    """IIC's Potsdam tiles (.mat), RGB of the RGB-IR image, 6 fine labels mapped to 3."""
+
+    name = "potsdam3"
+    n_classes = 3
+    class_names = mappings.POTSDAM_3_NAMES
+    get_it = ("get the IIC Potsdam tiles (the STEGO release's potsdam.zip) into ROOT/potsdam/ as "
+              "stego/data/datasets.py documents")
+    SPLITS = {
+        "train": ("labelled_train.txt",),
+        "val": ("labelled_test.txt",),
+        "unlabelled_train": ("unlabelled_train.txt",),
+        "train+val": ("labelled_train.txt", "labelled_test.txt"),
+        "train+unlabelled": ("labelled_train.txt", "unlabelled_train.txt"),
+        "all": ("all.txt",),
+    }
+
+    def __init__(self, root, split, transform=None, skip_bad=False):
+        if split not in self.SPLITS:
+            raise _unknown_split(self.name, split, self.SPLITS)
+        base = Path(root) / "potsdam"
+        items = []
+        for list_name in self.SPLITS[split]:
+            list_file = base / list_name
+            items += [Item(str(base / "imgs" / f"{i}.mat"), str(base / "gt" / f"{i}.mat"),
+                           list_name.startswith("labelled"), str(list_file))
+                      for i in read_id_list(list_file, self.get_it)]
+        super().__init__(items, split, lut=mappings.POTSDAM_6_TO_3, valid=mappings.POTSDAM_VALID_RAW,
+                         transform=transform, skip_bad=skip_bad)
+
+    def _read_image(self, path):
+        arr = read_mat(path, "img", self._bad_fix(), self._missing_fix())
+        if arr.ndim != 3 or arr.shape[2] < 3:
+            raise CorruptFileError(path, f"'img' must be H×W×C with C ≥ 3 (channel last), got shape {arr.shape}",
+                                   self._bad_fix())
+        rgb = arr[:, :, :3]
+        if rgb.dtype.kind in "iu" and rgb.min() >= 0 and rgb.max() <= 255:
+            rgb = rgb.astype(np.uint8)
+        elif rgb.dtype.kind == "f" and rgb.min() >= 0 and rgb.max() <= 1:
+            rgb = (rgb * 255).astype(np.uint8)  # torchvision's to_pil_image rule for floats: mul(255), truncate
+        else:
+            raise CorruptFileError(path, f"'img' must be uint8 0–255 or float 0–1, got {rgb.dtype}",
+                                   self._bad_fix())
+        return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+
+    def _read_label(self, path):
+        return read_mat(path, "gt", self._bad_fix(), self._missing_fix())
+
+
+def _read_classes(path):
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not names:
+        raise StegoError(f"{path}: classes.txt is empty; write one class name a line or delete it")
+    return tuple(names)
+
+
+class ImageFolder(SegmentationDataset):
+    """Your own images, optionally with label PNGs (class ids, 255 unlabelled) and a classes.txt."""
+
+    name = "imagefolder"
+    get_it = ("put images in ROOT/images/<split>/ and, optionally, a label for every one of them in "
+              "ROOT/labels/<split>/<stem>.png (delete that folder for an unlabelled split)")
+    repair = "fix or replace the file (labels: one class id per pixel, 255 unlabelled, the size of its image)"
+
+    def __init__(self, root, split, n_classes=None, transform=None, skip_bad=False):
+        root = Path(root)
+        img_dir = image_folder_dir(root) / split
+        if not img_dir.is_dir():
+            raise MissingDataError(img_dir, f"image folder of split {split!r} is missing", self.get_it)
+        classes_file = root / "classes.txt"
+        if classes_file.is_file():
+            self.class_names = _read_classes(classes_file)
+            if n_classes is not None and n_classes != len(self.class_names):
+                raise StegoError(f"{classes_file}: lists {len(self.class_names)} classes but n_classes={n_classes}; "
+                                 "make them agree")
+            n_classes = len(self.class_names)
+        self.n_classes = n_classes
+        label_dir = root / "labels" / split
+        images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise EmptySplitError(img_dir, f"no {'/'.join(IMAGE_SUFFIXES)} images", self.get_it)
+        has_labels = label_dir.is_dir()
+        items = [Item(str(p), str(label_dir / f"{p.stem}.png") if has_labels else None, True, str(img_dir))
+                 for p in images]
+        lut, valid = mappings.identity_lut(n_classes)
+        super().__init__(items, split, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+
+
+def image_folder_dir(root):
+    """ROOT/images, or ROOT/imgs (the release's directory-dataset name) when only that exists."""
+    root = Path(root)
+    return root / "imgs" if not (root / "images").is_dir() and (root / "imgs").is_dir() else root / "images"
+
+
+DATASETS = {"cocostuff27": CocoStuff27, "cityscapes27": Cityscapes27, "potsdam3": Potsdam3,
+            "imagefolder": ImageFolder}
+
+_RELEASE_CROP_NAMES = {"cityscapes27": "cityscapes", "potsdam3": "potsdam"}
+
+
+def cropped_dir(root, dataset, crop_ratio=0.5):
+    """Folder of a dataset's five-crop output: ROOT/cropped/<release name>_five_crop_<ratio>."""
+    return Path(root) / "cropped" / f"{_RELEASE_CROP_NAMES.get(dataset, dataset)}_five_crop_{float(crop_ratio)}"
+
+
+class CroppedDataset(SegmentationDataset):
+    """Five-crop output of a dataset: <index>.jpg images and <index>.png labels storing label + 1."""
+
+    cropped = True
+
+    def __init__(self, root, dataset, split, crop_ratio=0.5, n_classes=None, transform=None, skip_bad=False):
+        if dataset not in DATASETS:
+            raise StegoError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        self.name, self.crop_ratio = dataset, float(crop_ratio)
+        self.n_classes = DATASETS[dataset].n_classes if n_classes is None else n_classes
+        self.class_names = DATASETS[dataset].class_names
+        folder = cropped_dir(root, dataset, crop_ratio)
+        self.get_it = self.repair = (f"write the crops again with `stego data fivecrop --dataset {dataset} "
+                                     f"--root {root}` (into {folder})")
+        img_dir, label_dir = folder / "img" / split, folder / "label" / split
+        if not img_dir.is_dir():
+            raise MissingDataError(img_dir, f"five-crop images of split {split!r} are missing", self.get_it)
+        indices = sorted(int(p.stem) for p in img_dir.glob("*.jpg") if p.stem.isdigit())
+        if not indices:
+            raise EmptySplitError(img_dir, "no <index>.jpg crops", self.get_it)
+        items = [Item(str(img_dir / f"{k}.jpg"), str(label_dir / f"{k}.png"), True, str(img_dir)) for k in indices]
+        lut, valid = mappings.shifted_lut(self.n_classes)
+        super().__init__(items, split, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+
+
+def reader_class(name, crop=False, options=()):
+    """The reader class for a dataset name (its CroppedDataset with crop), checking the option names."""
+    if name not in DATASETS:
+        raise StegoError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    cls = CroppedDataset if crop else DATASETS[name]
+    unknown = sorted(set(options) - set(inspect.signature(cls).parameters))
+    if unknown:
+        raise StegoError(f"{name}{' crops' if crop else ''} takes no option {', '.join(unknown)}")
+    return cls
+
+
+def build_dataset(name, root, split, res=None, *, crop=False, crop_ratio=0.5, transform=None, skip_bad=False,
+                  **kwargs):
+    """A reader by name (cocostuff27, cityscapes27, potsdam3, imagefolder), or its five-crop output with crop=True.
+
+    res: output size of the default transform (None: 224 for training splits, 320 otherwise); `transform`
+    replaces it. kwargs go to the reader (list_name for cocostuff27, n_classes for imagefolder and crops).
+    """
+    cls = reader_class(name, crop, kwargs)
+    if transform is None:
+        transform = default_transform(split) if res is None else SegTransform(int(res))
+    if crop:
+        return CroppedDataset(root, name, split, crop_ratio, transform=transform, skip_bad=skip_bad, **kwargs)
+    return cls(root, split, transform=transform, skip_bad=skip_bad, **kwargs)
