@@ -2,6 +2,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import StegoError
 
@@ -15,13 +16,96 @@ def _smoke(args) -> int:
     return 0
 
 
+def _add_config_args(p) -> None:
+    p.add_argument("preset", nargs="?", default=None, help="preset name (see `stego presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides, e.g. loss.b_rand=0.3")
+    p.add_argument("--ablation", help="one ablation switch of Tables 2/5 (stego/presets/_ablations.yaml)")
+
+
+def _config(args, default="synthetic_demo"):
+    from .config import load_config
+
+    preset, overrides = args.preset, list(args.overrides)
+    if preset and "=" in preset:
+        preset, overrides = None, [preset] + overrides
+    return load_config(preset or default, overrides, args.ablation)
+
+
+def _train(args) -> int:
+    from .train import train
+
+    cfg = _config(args)
+    out = Path(args.out or Path("runs") / cfg.name)
+    validate = None
+    if cfg.train.val_every:
+        from . import build
+        from .evaluate import evaluate
+
+        val = build.val_dataset(cfg)
+
+        def validate(model, backbone):
+            return evaluate(model, backbone, val, cfg, crf=False, desc="val")["cluster"]["miou"]
+    path = train(cfg, out, resume=args.resume, validate=validate)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import run_eval
+
+    cfg = _config(args) if args.preset else None
+    if cfg is not None and args.no_crf:
+        cfg.eval.crf = False
+    record_path = Path(args.record or Path(args.checkpoint).with_name("record.json"))
+    run_eval(cfg, args.checkpoint, record_path, trusted=args.trust_checkpoint, split=args.split,
+             crf=False if args.no_crf else None)
+    print(f"record: {record_path}")
+    return 0
+
+
+def _presets(args) -> int:
+    from .config import list_presets, load_config
+
+    for name in list_presets():
+        cfg = load_config(name)
+        print(f"{name:28s} follows {cfg.follows:8s} {cfg.data.dataset:13s} {cfg.model.backbone:12s} dim {cfg.model.dim}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stego", description="STEGO unsupervised semantic segmentation suite")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    smoke = sub.add_parser("smoke", help="a few training steps of the core on random inputs (no downloads)")
-    smoke.add_argument("--steps", type=int, default=5)
-    smoke.set_defaults(func=_smoke)
+
+    p = sub.add_parser("smoke", help="a few training steps of the core on random inputs (no downloads)")
+    p.add_argument("--steps", type=int, default=5)
+    p.set_defaults(func=_smoke)
+
+    p = sub.add_parser("presets", help="list the configuration presets")
+    p.set_defaults(func=_presets)
+
+    p = sub.add_parser("train", help="train a segmentation head (and probes) from a preset")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default runs/<preset name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint (ours or the authors' released .ckpt)")
+    p.add_argument("--checkpoint", required=True, help="run folder's checkpoint.pt, or a released .ckpt")
+    _add_config_args(p)
+    p.add_argument("--split", default="val")
+    p.add_argument("--no-crf", action="store_true", help="skip DenseCRF")
+    p.add_argument("--record", help="where to write the JSON run record (default: beside the checkpoint)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling a released .ckpt's config objects (only for files from a trusted source)")
+    p.set_defaults(func=_eval)
+
+    from .data import check, fivecrop, knn, synthetic
+
+    check.add_cli(sub)
+    group = check.data_subparsers(sub)
+    for module in (fivecrop, knn, synthetic):
+        module.add_cli(group)
     return parser
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Yield a file object on a temp file beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_write(path, mode="wb", durable=True):
+    """Yield a file object on a temp file beside `path`; rename it onto `path` only if the block succeeds.
+
+    durable=False skips the fsync: the file is still never half-written after a crash of the process, but may
+    be lost on power failure (fine for bulk outputs that a re-run recreates, such as five-crops).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -16,7 +20,8 @@ def atomic_write(path, mode="wb"):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

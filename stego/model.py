@@ -74,3 +74,18 @@ class LinearProbe(nn.Module):
         if not (labels != IGNORE).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
+class Stego(nn.Module):
+    """What training learns: the head and both probes (the backbone is frozen and kept apart)."""
+
+    def __init__(self, in_dim: int, dim: int, n_classes: int, projection: str = "nonlinear", dropout: float = 0.1,
+                 extra_clusters: int = 0):
+        super().__init__()
+        self.head = SegmentationHead(in_dim, dim, projection, dropout)
+        self.cluster_probe = ClusterProbe(self.head.dim, n_classes + extra_clusters)
+        self.linear_probe = LinearProbe(self.head.dim, n_classes)
+        self.n_classes = n_classes
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(feats)

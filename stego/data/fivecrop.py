@@ -104,7 +104,7 @@ class _Cropper:
 
 
 def _save(array, path, **params):
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", durable=False) as f:
         Image.fromarray(np.ascontiguousarray(array)).save(f, **params)
 
 

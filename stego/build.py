@@ -1,0 +1,53 @@
+"""Turn a Config into the objects a run needs: backbone, datasets, KNN table, model."""
+import logging
+from pathlib import Path
+
+from .backbones import build_backbone
+from .config import Config
+from .data.datasets import build_dataset
+from .data.knn import KnnTable, knn_meta, mine_knn, table_path
+from .errors import StegoError
+from .model import Stego
+
+log = logging.getLogger(__name__)
+
+
+def reader_name(cfg: Config) -> str:
+    """The reader behind a config's dataset ('synthetic' scenes are an image folder)."""
+    return "imagefolder" if cfg.data.dataset == "synthetic" else cfg.data.dataset
+
+
+def reader_options(cfg: Config) -> dict:
+    return {"n_classes": cfg.data.n_classes} if reader_name(cfg) == "imagefolder" and cfg.data.n_classes else {}
+
+
+def backbone_for(cfg: Config, state_dict=None):
+    return build_backbone(cfg.model.backbone, weights=state_dict if state_dict is not None else cfg.model.weights)
+
+
+def train_dataset(cfg: Config, split: str = "train"):
+    five = cfg.data.crop == "five"
+    if cfg.data.crop not in ("five", "none"):
+        raise StegoError(f"data.crop must be 'five' or 'none', got {cfg.data.crop!r}")
+    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.data.res, crop=five,
+                         crop_ratio=cfg.data.crop_ratio, **reader_options(cfg))
+
+
+def val_dataset(cfg: Config, split: str = "val"):
+    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res, **reader_options(cfg))
+
+
+def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
+    """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet."""
+    crops = cfg.data.crop
+    path = table_path(cfg.data.root, cfg.model.backbone, cfg.data.dataset, split, crops, cfg.data.res)
+    meta = knn_meta(cfg.model.backbone, cfg.model.weights if cfg.model.weights else None, cfg.data.dataset,
+                    split, crops, cfg.data.res)
+    if not Path(path).exists():
+        log.info("no KNN table at %s yet: mining it now (once)", path)
+    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k)
+
+
+def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:
+    m = cfg.model
+    return Stego(in_dim, m.dim, n_classes, m.projection, m.dropout, m.extra_clusters)

@@ -1,0 +1,136 @@
+"""Evaluation as PROTOCOL §7: flip TTA at feature resolution, bilinear upsampling, both probes, optional CRF.
+
+Writes one JSON run record (config, metrics with and without CRF, per-class IoU, confusion matrices, timings,
+versions, git commit) atomically.
+"""
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import build
+from .config import Config
+from .io import atomic_save_json
+from .metrics import ConfusionMatrix, cluster_scores, linear_scores
+from .runtime import autocast, git_commit, pick_device, versions
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
+    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA)."""
+    device = images.device
+    with autocast(device):
+        feats = backbone(torch.cat([images, images.flip(dims=[3])])).float()
+    code = model.head(feats)[1]
+    b = images.shape[0]
+    return (code[:b] + code[b:].flip(dims=[3])) / 2
+
+
+@torch.no_grad()
+def predict_log_probs(model, backbone, images: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code."""
+    code = F.interpolate(tta_code(model, backbone, images), size=size, mode="bilinear", align_corners=False)
+    return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
+
+
+def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool) -> torch.Tensor:
+    """DenseCRF marginals for a batch of normalised images and log-probs, through a CrfPool."""
+    from .crf import image_to_bgr_uint8
+
+    rgb = [image_to_bgr_uint8(img) for img in images.cpu()]
+    probs = [p.numpy() for p in log_probs.float().softmax(dim=1).cpu()]
+    return torch.from_numpy(np.stack(pool.run(rgb, probs)))
+
+
+def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
+             desc: str = "eval") -> dict:
+    """Scores of both probes over `dataset` (and after DenseCRF when `crf`); returns the metrics section."""
+    device = device or next(model.parameters()).device
+    crf = cfg.eval.crf if crf is None else crf
+    limit = cfg.eval.max_images if max_images is None else max_images
+    if limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    n_classes = model.n_classes
+    n_clusters = model.cluster_probe.clusters.shape[0]
+    confusions = {"cluster": ConfusionMatrix(n_clusters, n_classes), "linear": ConfusionMatrix(n_classes, n_classes)}
+    if crf:
+        confusions.update({"cluster_crf": ConfusionMatrix(n_clusters, n_classes),
+                           "linear_crf": ConfusionMatrix(n_classes, n_classes)})
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+    model.eval()
+    timings = {"network": 0.0, "crf": 0.0}
+    pool = None
+    if crf:
+        from .crf import CrfPool
+
+        pool = CrfPool(workers=cfg.eval.crf_workers, timeout=cfg.eval.crf_timeout)
+    try:
+        for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
+            images = batch["img"].to(device)
+            labels = batch["label"]
+            start = time.perf_counter()
+            cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])
+            timings["network"] += time.perf_counter() - start
+            confusions["cluster"].update(cluster_lp.argmax(1), labels)
+            confusions["linear"].update(linear_lp.argmax(1), labels)
+            if crf:
+                start = time.perf_counter()
+                confusions["cluster_crf"].update(crf_refine(images, cluster_lp, pool).argmax(1), labels)
+                confusions["linear_crf"].update(crf_refine(images, linear_lp, pool).argmax(1), labels)
+                timings["crf"] += time.perf_counter() - start
+    finally:
+        if pool is not None:
+            pool.close()
+    metrics = {}
+    for name, confusion in confusions.items():
+        scores = cluster_scores(confusion) if name.startswith("cluster") else linear_scores(confusion)
+        metrics[name] = scores.as_dict()
+    metrics["images"] = len(dataset)
+    metrics["seconds"] = timings
+    return metrics
+
+
+def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False):
+    """(config, model, backbone) from this suite's checkpoint or an authors' released .ckpt."""
+    from .train import load_checkpoint
+
+    path = Path(checkpoint)
+    if path.suffix == ".ckpt":
+        from .checkpoint import released_to_suite
+
+        return released_to_suite(path, cfg, trusted=trusted)
+    state = load_checkpoint(path)
+    from .config import from_dict
+
+    cfg = cfg or from_dict(state["config"], source=str(path))
+    backbone = build.backbone_for(cfg)
+    model = build.model_for(cfg, state["in_dim"], state["n_classes"])
+    model.load_state_dict(state["model"])
+    return cfg, model, backbone
+
+
+def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, split: str = "val",
+             crf: bool | None = None) -> dict:
+    """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`."""
+    started = time.perf_counter()
+    cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted)
+    device = pick_device(cfg.train.device)
+    model, backbone = model.to(device), backbone.to(device)
+    dataset = build.val_dataset(cfg, split)
+    metrics = evaluate(model, backbone, dataset, cfg, device, crf=crf)
+    record = {"kind": "eval", "name": cfg.name, "config": cfg.to_dict(), "checkpoint": str(checkpoint),
+              "split": split, "metrics": metrics, "seconds": time.perf_counter() - started,
+              "versions": versions(), "git_commit": git_commit(), "seed": cfg.train.seed}
+    atomic_save_json(record, out_path)
+    log.info("%s: cluster mIoU %.1f acc %.1f | linear mIoU %.1f acc %.1f%s", cfg.name,
+             100 * metrics["cluster"]["miou"], 100 * metrics["cluster"]["accuracy"],
+             100 * metrics["linear"]["miou"], 100 * metrics["linear"]["accuracy"],
+             f" | with CRF: cluster mIoU {100 * metrics['cluster_crf']['miou']:.1f}" if "cluster_crf" in metrics else "")
+    return record

@@ -1,0 +1,70 @@
+"""Run-time plumbing shared by training and evaluation: device choice, seeding, distributed set-up, versions."""
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """A seed for one iteration, so every random draw of that iteration is reproducible after a resume."""
+    return (seed * 1_000_003 + iteration) % (2**63 - 1)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (fused SDPA attention runs in bf16), a no-op on CPU where fp32 is the reference."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def average_gradients(params) -> None:
+    """All-reduce the gradients of `params` as one flat buffer and divide by the world size (data parallel)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not dist.is_initialized():
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import numpy
+    import timm
+
+    from . import __version__
+
+    return {"stego": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}

@@ -1,0 +1,222 @@
+"""The training loop: a plain PyTorch loop over KNN pairs, resumable to the same weights.
+
+Every random draw of iteration i (batch order, KNN partner ranks, dropout masks, loss samples) is seeded from
+(seed, i), so a run interrupted and resumed from a checkpoint takes exactly the steps of an uninterrupted one.
+"""
+import csv
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from . import build
+from .config import Config, save_config
+from .errors import StegoError
+from .io import atomic_save_json, atomic_write
+from .loss import CorrespondenceLoss
+from .runtime import autocast, average_gradients, distributed, iteration_seed, pick_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+LOG_FIELDS = ["iteration", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn", "corr_rand",
+              "linear_loss", "cluster_loss", "seconds"]
+FORMAT = 1
+
+
+class ResumableBatches(Sampler):
+    """Batches of (index, epoch) from iteration `start` on; epoch e shuffles with a generator seeded by (seed, e)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
+        self.per_epoch = n // (batch * world)
+        if self.per_epoch == 0:
+            raise StegoError(f"the training split has {n} items, fewer than one batch of {batch} × {world} "
+                             f"processes: lower train.batch_size")
+        self.n, self.batch, self.seed, self.start, self.stop, self.rank, self.world = n, batch, seed, start, stop, rank, world
+
+    def __len__(self):
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self):
+        order, order_epoch = None, None
+        for it in range(self.start, self.stop):
+            epoch, step = divmod(it, self.per_epoch)
+            if epoch != order_epoch:
+                order = torch.randperm(self.n, generator=torch.Generator().manual_seed(iteration_seed(self.seed, -1 - epoch)))
+                order_epoch = epoch
+            first = (step * self.world + self.rank) * self.batch
+            yield [(int(i), epoch) for i in order[first:first + self.batch]]
+
+
+class EpochPairs(Dataset):
+    """KNN pairs addressed by (index, epoch), so loader workers draw the partners of the right epoch."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        self.pairs.set_epoch(epoch)
+        return self.pairs[index]
+
+
+def save_checkpoint(path: Path, model, optimizers, iteration: int, cfg: Config, extra: dict | None = None) -> None:
+    state = {"format": FORMAT, "iteration": iteration, "model": model.state_dict(),
+             "optimizers": [o.state_dict() for o in optimizers], "config": cfg.to_dict(),
+             "n_classes": model.n_classes, "in_dim": model.head.in_dim, **(extra or {})}
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `save_checkpoint` (plain tensors and containers: loads with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StegoError(f"checkpoint {path} not found: give the run folder's {CHECKPOINT} (or a released .ckpt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise StegoError(f"checkpoint {path} is unreadable ({type(err).__name__}); it may be truncated: "
+                         f"resume from an earlier copy or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise StegoError(f"{path} is not a checkpoint of this suite (format {FORMAT}); for the authors' release "
+                         f"files use `stego eval --checkpoint FILE.ckpt`")
+    return state
+
+
+def _log_rows_up_to(path: Path, iteration: int) -> None:
+    """Drop log rows past `iteration` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None, validate=None) -> Path:
+    """Train the head and probes; writes config.yaml, train_log.csv and checkpoint.pt under `out_dir`.
+
+    stop_at: end after this many iterations as if interrupted (tests; a later resume continues).
+    validate: optional callable(model, backbone) -> cluster mIoU, run every train.val_every iterations.
+    Returns the checkpoint to evaluate (best.pt with train.select_on_val, else checkpoint.pt).
+    """
+    out = Path(out_dir)
+    rank, world = distributed()
+    device = pick_device(cfg.train.device)
+    t = cfg.train
+    start = 0
+    checkpoint = out / CHECKPOINT
+    state = None
+    if resume and checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        saved = state["config"]
+        if saved != cfg.to_dict():
+            diff = sorted(f"{s}.{k}" for s in saved if isinstance(saved[s], dict)
+                          for k in saved[s] if saved[s][k] != cfg.to_dict()[s].get(k))
+            raise StegoError(f"{checkpoint} was written with another config (differs in {', '.join(diff) or 'name'}); "
+                             f"resume with the same preset and overrides, or use a new --out folder")
+        start = state["iteration"]
+    elif checkpoint.exists():
+        raise StegoError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    torch.manual_seed(t.seed)  # a random-init backbone (tests, smoke runs) must be the same after a resume
+    backbone = build.backbone_for(cfg).to(device)
+    dataset = build.train_dataset(cfg)
+    table = build.knn_table(cfg, backbone, dataset)
+    from .data.pairs import KnnPairs
+    pairs = EpochPairs(KnnPairs(dataset, table, cfg.data.num_neighbors, seed=t.seed))
+    n_classes = dataset.n_classes
+    if not n_classes:
+        raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
+    torch.manual_seed(t.seed)
+    model = build.model_for(cfg, backbone.dim, n_classes).to(device)
+    head_opt = torch.optim.Adam(model.head.parameters(), lr=t.lr)
+    linear_opt = torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr)
+    cluster_opt = torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)
+    optimizers = [head_opt, linear_opt, cluster_opt]
+    best = {"miou": float("-inf"), "iteration": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for opt, saved in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+        best = state.get("best", best)
+        log.info("resuming %s at iteration %d of %d", out, start, t.iterations)
+    loss_fn = CorrespondenceLoss(cfg.loss)
+    stop = min(t.iterations, stop_at) if stop_at is not None else t.iterations
+    loader = DataLoader(pairs, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
+                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
+    log_path = out / "train_log.csv"
+    if rank == 0:
+        _log_rows_up_to(log_path, start)
+        log.info("training %s: %d images, %d classes, backbone %s (dim %d), batch %d × %d process(es) = %d, "
+                 "iterations %d → %d on %s", cfg.name, len(dataset), n_classes, cfg.model.backbone, backbone.dim,
+                 t.batch_size, world, t.batch_size * world, start, stop, device)
+    log_file = open(log_path, "a", newline="") if rank == 0 else None
+    writer = csv.DictWriter(log_file, LOG_FIELDS) if log_file else None
+    if writer and log_path.stat().st_size == 0:
+        writer.writeheader()
+    model.train()
+    began = time.perf_counter()
+    it = start
+    try:
+        for batch in tqdm(loader, total=len(loader.batch_sampler), desc="train", disable=rank != 0,
+                          dynamic_ncols=True):
+            torch.manual_seed(iteration_seed(t.seed, it))
+            draws_gen = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
+            img = batch["img"].to(device, non_blocking=True)
+            img_pos = batch["img_pos"].to(device, non_blocking=True)
+            label = batch["label"].to(device, non_blocking=True)
+            with autocast(device):
+                feats = backbone(torch.cat([img, img_pos]))
+            feats = feats.float()
+            teacher, code = model(feats)
+            b = img.shape[0]
+            out_loss = loss_fn(teacher[:b], teacher[b:], code[:b], code[b:], generator=draws_gen)
+            detached = code[:b].detach()
+            linear_loss = model.linear_probe.loss(detached, label)
+            cluster_loss = model.cluster_probe.loss(detached)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            (out_loss.total + linear_loss + cluster_loss).backward()
+            average_gradients(list(model.parameters()))
+            for opt in optimizers:
+                opt.step()
+            it += 1
+            if writer and (it % t.log_every == 0 or it == stop):
+                writer.writerow({"iteration": it, "loss": out_loss.total.item(), "loss_self": out_loss.self_loss.item(),
+                                 "loss_knn": out_loss.knn_loss.item(), "loss_rand": out_loss.rand_loss.item(),
+                                 "corr_self": out_loss.corr_self.item(), "corr_knn": out_loss.corr_knn.item(),
+                                 "corr_rand": out_loss.corr_rand.item(), "linear_loss": linear_loss.item(),
+                                 "cluster_loss": cluster_loss.item(), "seconds": round(time.perf_counter() - began, 3)})
+                log_file.flush()
+            if validate and t.val_every and it % t.val_every == 0:
+                miou = validate(model, backbone)
+                model.train()
+                log.info("iteration %d: validation cluster mIoU %.2f", it, 100 * miou)
+                if miou > best["miou"]:
+                    best = {"miou": miou, "iteration": it}
+                    if rank == 0 and t.select_on_val:
+                        save_checkpoint(out / BEST, model, optimizers, it, cfg, {"best": best})
+            if rank == 0 and (it % t.checkpoint_every == 0 or it == stop):
+                save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best})
+    finally:
+        if log_file:
+            log_file.close()
+    if rank == 0:
+        atomic_save_json({"iterations": it, "seconds": time.perf_counter() - began, "best": best,
+                          "select_on_val": t.select_on_val, "world_size": world,
+                          "effective_batch": t.batch_size * world}, out / "train_summary.json")
+    return out / BEST if t.select_on_val and (out / BEST).exists() else checkpoint

@@ -1,0 +1,58 @@
+"""Presets load with the PROTOCOL §5 values; overrides and ablations apply; typos are clear errors."""
+import pytest
+
+from stego.config import from_dict, list_presets, load_config
+from stego.errors import StegoError
+
+# PROTOCOL §5, transcribed independently: (λ_rand, λ_knn, λ_self, b_rand, b_knn, b_self, dim, backbone, pointwise).
+RELEASED = {
+    "cocostuff27_release": (0.1538, 1.0, 0.1, 1.0, 0.2, 0.12, 90, "dino_vitb8", "release", 32, 7000, "five"),
+    "cityscapes27_release": (0.9059, 0.5775, 1.0, 0.3136, 0.1754, 0.4583, 100, "dino_vitb8", "off", 32, 7000, "five"),
+    "potsdam3_release": (0.63, 0.25, 0.67, 0.76, 0.02, 0.08, 70, "dino_vits8", "release", 16, 5000, "none"),
+    "cocostuff27_paper": (0.15, 1.0, 0.10, 1.00, 0.20, 0.12, 70, "dino_vitb8", "release", 32, 7000, "five"),
+    "cityscapes27_paper": (0.91, 0.58, 1.00, 0.31, 0.18, 0.46, 70, "dino_vitb8", "off", 32, 7000, "five"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_presets_carry_the_protocol_values(name):
+    cfg = load_config(name)
+    l = cfg.loss
+    got = (l.lambda_rand, l.lambda_knn, l.lambda_self, l.b_rand, l.b_knn, l.b_self, cfg.model.dim,
+           cfg.model.backbone, l.pointwise, cfg.train.batch_size, cfg.train.iterations, cfg.data.crop)
+    assert got == RELEASED[name]
+    assert (l.feature_samples, l.neg_samples, cfg.data.num_neighbors) == (11, 5, 7)
+    assert (cfg.train.lr, cfg.train.probe_lr, cfg.data.res, cfg.eval.res) == (5e-4, 5e-3, 224, 320)
+    assert cfg.follows == name.rsplit("_", 1)[1]
+
+
+def test_every_preset_loads():
+    names = list_presets()
+    assert "synthetic_demo" in names or len(names) >= 7
+    for name in names:
+        assert load_config(name).name
+
+
+def test_overrides_and_ablations():
+    cfg = load_config("cocostuff27_release", ["loss.b_rand=0.3", "train.iterations=10", "model.weights=random"])
+    assert cfg.loss.b_rand == 0.3 and cfg.train.iterations == 10 and cfg.model.weights == "random"
+    ab = load_config("cocostuff27_vits8_paper", ablation="no_zero_clamp")
+    assert ab.loss.zero_clamp is False and ab.name.endswith("no_zero_clamp")
+    assert load_config("cocostuff27_vits8_paper", ablation="no_pointwise").loss.pointwise == "off"
+    assert load_config("cocostuff27_vits8_paper", ablation="no_five_crop").data.crop == "none"
+    assert load_config("cocostuff27_vits8_paper", ablation="mocov2_backbone").model.backbone == "mocov2_r50"
+
+
+def test_unknown_keys_sections_and_presets_are_named():
+    with pytest.raises(StegoError, match="loss.b_random"):
+        load_config("cocostuff27_release", ["loss.b_random=0.3"])
+    with pytest.raises(StegoError, match="optim"):
+        from_dict({"optim": {}})
+    with pytest.raises(StegoError, match="no preset"):
+        load_config("cocostuff28")
+    with pytest.raises(StegoError, match="unknown ablation"):
+        load_config("cocostuff27_release", ablation="no_everything")
+    with pytest.raises(StegoError, match="section.key=value"):
+        load_config("cocostuff27_release", ["loss.b_rand"])
+    with pytest.raises(ValueError, match="pointwise"):
+        load_config("cocostuff27_release", ["loss.pointwise=both"])

@@ -1,0 +1,81 @@
+"""Training: resume after an interruption gives the same weights; checkpoints and records are safe to read."""
+import csv
+import json
+
+import pytest
+import torch
+
+from stego.config import from_dict
+from stego.data.synthetic import SceneSpec, make_scenes
+from stego.errors import StegoError
+from stego.evaluate import run_eval
+from stego.train import load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return make_scenes(tmp_path_factory.mktemp("scenes"), SceneSpec(n_train=24, n_val=6, size=64), seed=3)
+
+
+def tiny(root, **train):
+    return from_dict({
+        "name": "tiny",
+        "data": {"dataset": "synthetic", "root": str(root), "crop": "none", "res": 32, "workers": 0, "knn_k": 8},
+        "model": {"backbone": "dino_vits16", "weights": "random", "dim": 8},
+        "loss": {"feature_samples": 4, "neg_samples": 2, "b_rand": 0.3},
+        "train": {"batch_size": 4, "iterations": 8, "checkpoint_every": 3, "log_every": 1, **train},
+        "eval": {"res": 48, "crf": False, "batch_size": 3},
+    })
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(scenes, tmp_path):
+    cfg = tiny(scenes)
+    whole = train(cfg, tmp_path / "whole")
+    train(cfg, tmp_path / "parts", stop_at=5)
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["iteration"] == 5
+    resumed = train(cfg, tmp_path / "parts", resume=True)
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with open(tmp_path / "parts" / "train_log.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 9))
+    # Training moved the head away from its initialisation, so the equality above is not trivial.
+    fresh = train(tiny(scenes, iterations=1), tmp_path / "one")
+    assert not torch.equal(weights(fresh)["head.linear.weight"], a["head.linear.weight"])
+
+
+def test_a_run_is_not_overwritten_and_resume_checks_the_config(scenes, tmp_path):
+    train(tiny(scenes, iterations=2), tmp_path / "run")
+    with pytest.raises(StegoError, match="--resume"):
+        train(tiny(scenes, iterations=2), tmp_path / "run")
+    with pytest.raises(StegoError, match="train.lr"):
+        train(tiny(scenes, iterations=2, lr=1e-3), tmp_path / "run", resume=True)
+
+
+def test_truncated_checkpoint_is_a_clear_error(scenes, tmp_path):
+    path = train(tiny(scenes, iterations=1), tmp_path / "run")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StegoError, match="unreadable"):
+        load_checkpoint(path)
+    with pytest.raises(StegoError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_eval_writes_a_complete_record(scenes, tmp_path):
+    path = train(tiny(scenes, iterations=2), tmp_path / "run")
+    record = run_eval(None, path, tmp_path / "record.json")
+    saved = json.loads((tmp_path / "record.json").read_text())
+    assert saved["metrics"]["images"] == 6
+    for probe in ("cluster", "linear"):
+        m = saved["metrics"][probe]
+        assert 0 <= m["miou"] <= 1 and 0 <= m["accuracy"] <= 1
+        assert len(m["iou"]) == 5
+        assert sum(map(sum, m["confusion"])) == 6 * 48 * 48  # synthetic scenes label every pixel
+    assert saved["config"]["name"] == "tiny" and saved["versions"]["torch"] == torch.__version__
+    assert record["metrics"]["cluster"]["miou"] == saved["metrics"]["cluster"]["miou"]
