@@ -40,13 +40,20 @@ def predict_log_probs(model, backbone, images: torch.Tensor, size) -> tuple[torc
     return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
 
 
-def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool) -> torch.Tensor:
-    """DenseCRF marginals for a batch of normalised images and log-probs, through a CrfPool."""
-    from .crf import image_to_bgr_uint8
+def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torch.Tensor:
+    """DenseCRF marginals for a batch of normalised images and log-probs, through a CrfPool (None: serially)."""
+    from .crf import crf_batch, image_to_bgr_uint8
 
-    rgb = [image_to_bgr_uint8(img) for img in images.cpu()]
+    bgr = [image_to_bgr_uint8(img.numpy()) for img in images.cpu()]
     probs = [p.numpy() for p in log_probs.float().softmax(dim=1).cpu()]
-    return torch.from_numpy(np.stack(pool.run(rgb, probs)))
+    return torch.from_numpy(np.stack(pool.map(bgr, probs) if pool is not None else crf_batch(bgr, probs)))
+
+
+def crf_pool(cfg: Config):
+    """A CRF worker pool for the config (None, meaning serial, when eval.crf_workers is 0)."""
+    from .crf import CrfPool
+
+    return CrfPool(cfg.eval.crf_workers, timeout=cfg.eval.crf_timeout) if cfg.eval.crf_workers > 0 else None
 
 
 def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
@@ -66,11 +73,7 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
     model.eval()
     timings = {"network": 0.0, "crf": 0.0}
-    pool = None
-    if crf:
-        from .crf import CrfPool
-
-        pool = CrfPool(workers=cfg.eval.crf_workers, timeout=cfg.eval.crf_timeout)
+    pool = crf_pool(cfg) if crf else None
     try:
         for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
             images = batch["img"].to(device)

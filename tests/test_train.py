@@ -67,12 +67,14 @@ def test_truncated_checkpoint_is_a_clear_error(scenes, tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
 
 
-def test_eval_writes_a_complete_record(scenes, tmp_path):
+def test_eval_writes_a_complete_record_with_crf(scenes, tmp_path):
     path = train(tiny(scenes, iterations=2), tmp_path / "run")
-    record = run_eval(None, path, tmp_path / "record.json")
+    cfg = tiny(scenes, iterations=2)
+    cfg.eval.crf, cfg.eval.crf_workers = True, 0
+    record = run_eval(cfg, path, tmp_path / "record.json")
     saved = json.loads((tmp_path / "record.json").read_text())
     assert saved["metrics"]["images"] == 6
-    for probe in ("cluster", "linear"):
+    for probe in ("cluster", "linear", "cluster_crf", "linear_crf"):
         m = saved["metrics"][probe]
         assert 0 <= m["miou"] <= 1 and 0 <= m["accuracy"] <= 1
         assert len(m["iou"]) == 5

@@ -1,0 +1,321 @@
+"""DenseCRF refinement of PROTOCOL §7, serially or in a pool of worker processes that cannot hang.
+
+The release ran its CRF in a `multiprocessing.Pool` that could hang its evaluation; here each item has a
+timeout, a worker that dies or stalls is killed and its item is recomputed serially in the main process,
+and the workers are always shut down (also on errors and Ctrl-C). This module imports no torch, so
+worker processes (forkserver or spawn, never fork after torch started threads) start in a fraction of a
+second: they import only numpy and pydensecrf.
+"""
+import logging
+import multiprocessing
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+
+from stego.constants import IMAGENET_MEAN, IMAGENET_STD
+from stego.errors import StegoError
+
+log = logging.getLogger(__name__)
+
+ITERATIONS = 10
+UNARY_CLIP = 1e-5
+GAUSSIAN_SXY = 1
+GAUSSIAN_COMPAT = 3
+BILATERAL_SXY = 67
+BILATERAL_SRGB = 3
+BILATERAL_COMPAT = 4
+
+START_TIMEOUT = 60.0
+"""Seconds a new worker may take to import its modules and report ready before it counts as failed."""
+JOIN_TIMEOUT = 5.0
+"""Seconds a worker gets to exit after being asked (or terminated) before it is killed."""
+
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def image_to_bgr_uint8(img):
+    """ImageNet-normalised float image [3,H,W] (tensor or array) → H×W×3 uint8 BGR, C-contiguous.
+
+    Follows the release: un-normalise in float32 (× std + mean), `mul(255).byte()` (truncation, so
+    0.9999 → 254), channels reversed to BGR. Values are clamped to 0..255 before truncating: torch's
+    `byte()` wraps out-of-range floats (256.0 → 0, −1.5 → 255), which only differs for inputs that were not
+    [0, 1] images; in range the result is the release's bit for bit.
+    """
+    if hasattr(img, "detach"):
+        img = img.detach().float().cpu().numpy()
+    x = np.asarray(img, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise StegoError(f"image_to_bgr_uint8: expected a [3,H,W] image, got shape {x.shape}")
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    scaled = (x * std + mean) * np.float32(255)
+    rgb = np.clip(scaled, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0))
+
+
+def _check_inputs(image, probs):
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise StegoError(f"dense_crf: image must be an H×W×3 uint8 BGR array (see image_to_bgr_uint8), got {desc}")
+    if not (isinstance(probs, np.ndarray) and probs.ndim == 3 and np.issubdtype(probs.dtype, np.floating)):
+        desc = f"{probs.dtype} {probs.shape}" if isinstance(probs, np.ndarray) else type(probs).__name__
+        raise StegoError(f"dense_crf: probs must be a float [K,H,W] array of softmax probabilities, got {desc}")
+
+
+def _resize_weights(n_out, n_in):
+    """Source indices and weights of 1-D bilinear resampling, as torch's align_corners=False computes them."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resize_bilinear(x, height, width):
+    """Resize [K,h,w] to [K,height,width] like F.interpolate(mode='bilinear', align_corners=False)."""
+    y0, y1, wy = _resize_weights(height, x.shape[1])
+    x0, x1, wx = _resize_weights(width, x.shape[2])
+    rows = x[:, y0] * (1 - wy)[:, None] + x[:, y1] * wy[:, None]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
+
+
+def _resize_probs(probs, height, width):
+    """Bring probs to the image size as the release did: resize its log-probabilities, then softmax."""
+    logp = resize_bilinear(np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32), height, width)
+    e = np.exp(logp - logp.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def dense_crf(image_bgr, probs, iterations=ITERATIONS):
+    """Refine softmax probabilities [K,H,W] with DenseCRF on the BGR uint8 image; returns float32 [K,H,W].
+
+    Probs of another size are resized to the image first (bilinear, align_corners=False, on the
+    log-probabilities followed by a softmax: the release resized its log-softmax input and softmaxed it).
+    """
+    _check_inputs(image_bgr, probs)
+    height, width = image_bgr.shape[:2]
+    if probs.shape[1:] != (height, width):
+        probs = _resize_probs(probs, height, width)
+    n_labels = probs.shape[0]
+    unary = np.ascontiguousarray(-np.log(np.clip(probs, UNARY_CLIP, 1.0)).reshape(n_labels, -1), dtype=np.float32)
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
+    crf.addPairwiseBilateral(sxy=BILATERAL_SXY, srgb=BILATERAL_SRGB, rgbim=np.ascontiguousarray(image_bgr),
+                             compat=BILATERAL_COMPAT)
+    q = crf.inference(iterations)
+    return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
+
+
+def _worker_main(conn, worker_fn):
+    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop.
+
+    Ctrl-C is ignored here: the parent handles it and terminates the workers, without a traceback per child.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send(("ready", None, None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        index, image, probs, iterations = msg
+        try:
+            reply = ("ok", index, worker_fn(image, probs, iterations))
+        except Exception as exc:  # the parent recomputes the item serially, which raises it with a traceback
+            reply = ("error", index, f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: object
+    deadline: float
+    state: str = "starting"
+    """'starting' (until it reports ready), 'idle' or 'busy'."""
+    item: int = -1
+
+
+class CrfPool:
+    """Worker processes running `dense_crf`, kept alive across `map` calls; use as a context manager.
+
+    A worker that dies, raises or exceeds `timeout` seconds on an item is killed and replaced, and that
+    item is recomputed serially in this process; a worker that cannot start marks the pool broken, after
+    which `map` runs serially. `close` (also on exit of the `with` block) asks workers to stop, then
+    terminates and kills stragglers; workers are daemons, so interpreter exit ends them too.
+    `_worker_fn` replaces what workers run (module-level, importable: tests inject crashing or sleeping
+    versions); the serial fallback always runs `dense_crf`.
+    """
+
+    def __init__(self, workers, timeout=120.0, iterations=ITERATIONS, _worker_fn=None):
+        if workers < 1:
+            raise StegoError(f"CrfPool needs at least 1 worker, got {workers}; use crf_batch(workers=0) for serial")
+        self.workers = workers
+        self.timeout = timeout
+        self.iterations = iterations
+        self._worker_fn = _worker_fn or dense_crf
+        self._ctx = multiprocessing.get_context(_START_METHOD)
+        self._pool = []
+        self._failed = []
+        self._broken = False
+        self._closed = False
+        self._warned = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def map(self, images, probs):
+        """Refined probs for each (image, probs) pair, in input order."""
+        if self._closed:
+            raise StegoError("CrfPool.map called after close(); create a new CrfPool")
+        if len(images) != len(probs):
+            raise StegoError(f"crf: {len(images)} images but {len(probs)} probability maps; pass one per image")
+        for image, prob in zip(images, probs):
+            _check_inputs(image, prob)
+        results = [None] * len(images)
+        self._failed = []
+        try:
+            pending = deque(range(len(images)))
+            if pending and not self._broken:
+                self._fill()
+            while (pending and self._pool) or any(w.state == "busy" for w in self._pool):
+                for worker in [w for w in self._pool if w.state == "idle"]:
+                    if pending:
+                        self._dispatch(worker, pending.popleft(), images, probs)
+                self._collect(results)
+            self._failed.extend(pending)
+        except BaseException:
+            self._terminate_all()
+            raise
+        for index in self._failed:
+            results[index] = dense_crf(images[index], probs[index], self.iterations)
+        return results
+
+    def close(self):
+        """Stop all workers: ask politely, then terminate, then kill; safe to call twice."""
+        self._closed = True
+        asked = []
+        for worker in self._pool:
+            if worker.state != "busy":
+                try:
+                    worker.conn.send(None)
+                    asked.append(worker)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        for worker in asked:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        self._terminate_all()
+
+    def _fill(self):
+        self._pool = [w for w in self._pool if w.process.is_alive() or self._drop(w)]
+        while len(self._pool) < self.workers and not self._broken:
+            self._start()
+
+    def _start(self):
+        parent_conn, child_conn = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child_conn, self._worker_fn), daemon=True,
+                                    name="stego-crf")
+        try:
+            process.start()
+        except Exception as exc:  # out of processes, memory or file handles: carry on serially
+            parent_conn.close()
+            self._broken = True
+            self._warn(f"could not start a CRF worker ({type(exc).__name__}: {exc}); no more will be started")
+            return
+        finally:
+            child_conn.close()
+        self._pool.append(_Worker(process, parent_conn, time.monotonic() + START_TIMEOUT))
+
+    def _dispatch(self, worker, index, images, probs):
+        worker.state, worker.item = "busy", index
+        worker.deadline = time.monotonic() + self.timeout
+        try:
+            worker.conn.send((index, images[index], probs[index], self.iterations))
+        except OSError:
+            self._fail(worker, "died before taking its item")
+
+    def _collect(self, results):
+        """Wait for the next reply, death or deadline among the workers and handle it."""
+        waiting = [w for w in self._pool if w.state != "idle"]
+        if not waiting:
+            return
+        timeout = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
+        ready = set(wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting], timeout))
+        now = time.monotonic()
+        for worker in waiting:
+            if worker.conn in ready:
+                try:
+                    kind, _, payload = worker.conn.recv()
+                except Exception:  # EOF, broken pipe or a reply cut short: the worker is gone
+                    self._fail(worker, "died")
+                    continue
+                if kind == "ok":  # "ok", "error" and "ready" all leave the worker idle
+                    results[worker.item] = payload
+                elif kind == "error":
+                    self._failed.append(worker.item)
+                    self._warn(f"CRF worker raised on item {worker.item} ({payload}); recomputing it serially")
+                worker.state, worker.item = "idle", -1
+            elif worker.process.sentinel in ready:
+                self._fail(worker, f"died (exit code {worker.process.exitcode})")
+            elif now >= worker.deadline:
+                limit = self.timeout if worker.state == "busy" else START_TIMEOUT
+                self._fail(worker, f"timed out after {limit:g} s")
+
+    def _fail(self, worker, why):
+        """Kill a failed worker; its item goes to the serial fallback; replace it unless it never started."""
+        if worker.state == "busy":
+            self._failed.append(worker.item)
+            self._warn(f"CRF worker {why} on item {worker.item}; recomputing it serially in the main process")
+        else:
+            self._warn(f"CRF worker {why} while starting; no more CRF workers will be started")
+        self._pool.remove(worker)
+        self._drop(worker)
+        if worker.state == "starting":
+            self._broken = True
+        elif not self._broken:
+            self._start()
+
+    def _warn(self, message):
+        if self._warned:
+            log.debug("%s", message)
+            return
+        self._warned = True
+        log.warning("%s (further CRF worker failures of this pool are logged at debug level)", message)
+
+    def _terminate_all(self):
+        for worker in self._pool:
+            self._drop(worker)
+        self._pool = []
+
+    @staticmethod
+    def _drop(worker):
+        """End one worker process for certain and release its pipe; returns False (for filtering)."""
+        if worker.process.is_alive():
+            worker.process.terminate()
+            worker.process.join(JOIN_TIMEOUT)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+        return False
+
+
+def crf_batch(images, probs, workers=0, timeout=120.0, iterations=ITERATIONS, _worker_fn=None):
+    """`dense_crf` on each (image, probs) pair: serially for workers=0, else in a temporary `CrfPool`."""
+    if workers <= 0:
+        if len(images) != len(probs):
+            raise StegoError(f"crf: {len(images)} images but {len(probs)} probability maps; pass one per image")
+        return [dense_crf(image, prob, iterations) for image, prob in zip(images, probs)]
+    with CrfPool(min(workers, max(len(images), 1)), timeout, iterations, _worker_fn) as pool:
+        return pool.map(images, probs)

@@ -1,0 +1,323 @@
+"""KNN mining: the per-image nearest neighbours that STEGO's KNN loss term draws its partners from.
+
+Each image (or five-crop crop) at 224 goes through the frozen backbone; its feature map is global-average
+pooled and L2-normalised, and the cosine top-k (default 30) within the same split is kept, rank 0 being the
+image itself. The table is saved with metadata (backbone, weights, dataset, split, crops, res, k, n) and
+loading it for anything else is an error.
+
+Dropout: the release computed these features through its head-less featurizer while the module was in
+training mode, so its Dropout2d(p=0.1) randomly zeroed ~10% of the channels before pooling. Here the
+backbone is frozen in eval mode and no dropout is applied: the table is deterministic (metadata
+`dropout: false`).
+
+Memory: the release multiplied N/16 query rows by all N keys at once (N²/16 floats; 15 GB for COCO
+five-crop's ~250k crops). `topk_cosine` tiles both sides and keeps a running top-k per query, so its
+working memory depends on the tile size, not on N.
+"""
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from stego.errors import MissingFileError, StegoError
+from stego.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CROPS = ("none", "five")
+CHECKED_KEYS = ("backbone", "weights", "dataset", "split", "crops", "res", "k", "n", "dropout")
+
+
+def topk_cosine(feats, k, chunk=1024, key_chunk=16384, device=None):
+    """Cosine top-k of every row of `feats` [N, D] against all rows; returns (indices int64 [N, k], sims
+    float32 [N, k]) on the CPU, best first, rank 0 always the row itself (even among exact duplicates).
+
+    Rows are L2-normalised here. Queries go in blocks of `chunk` rows and keys in blocks of `key_chunk`
+    rows (None: all keys at once); each tile's top-k is merged into a running top-k per query. Peak working
+    memory, on `device` (default: feats' device), in bytes:
+        4·N·D (the normalised copy) + 4·chunk·key_chunk (one similarity tile)
+        + 12·chunk·3k (tile top-k and merge buffers) + 12·N·k (the result),
+    e.g. 154 MB + 67 MB + 1 MB + 18 MB for N = 50,000, D = 768, k = 30 with the defaults; never N².
+    Ties between equal similarities (other than self) are ordered arbitrarily.
+    """
+    n = feats.shape[0]
+    if feats.dim() != 2 or n == 0:
+        raise StegoError(f"topk_cosine needs a non-empty [N, D] feature matrix, got shape {tuple(feats.shape)}")
+    if not 1 <= k <= n:
+        raise StegoError(f"KNN k={k} must be between 1 and the number of images ({n}); lower --k")
+    if chunk < 1 or (key_chunk is not None and key_chunk < 1):
+        raise StegoError(f"KNN chunk sizes must be positive, got chunk={chunk}, key_chunk={key_chunk}")
+    device = torch.device(device) if device is not None else feats.device
+    feats = F.normalize(feats.to(device, torch.float32), dim=1)
+    if not torch.isfinite(feats.sum()):  # normalised entries are in [-1, 1]: the sum is finite iff all are
+        raise StegoError("KNN features contain NaN or inf; check the backbone weights and the input images")
+    key_chunk = n if key_chunk is None else min(key_chunk, n)
+    indices = torch.empty(n, k, dtype=torch.int64)
+    sims = torch.empty(n, k, dtype=torch.float32)
+    for q0 in tqdm(range(0, n, chunk), desc="knn top-k", unit="chunk", disable=None):
+        top_v, top_i = _query_block_topk(feats, q0, min(q0 + chunk, n), k, key_chunk)
+        indices[q0:q0 + len(top_i)] = top_i.cpu()
+        sims[q0:q0 + len(top_v)] = top_v.cpu()
+    return indices, sims
+
+
+def _query_block_topk(feats, q0, q1, k, key_chunk):
+    """Top-k over all keys for queries q0..q1, one key tile at a time; the self entry is set to +inf so it
+    ranks first, then given back its true similarity."""
+    n = feats.shape[0]
+    queries = feats[q0:q1]
+    best_v = best_i = None
+    for k0 in range(0, n, key_chunk):
+        k1 = min(k0 + key_chunk, n)
+        tile = queries @ feats[k0:k1].T
+        lo, hi = max(q0, k0), min(q1, k1)
+        if lo < hi:
+            own = torch.arange(lo, hi, device=feats.device)
+            tile[own - q0, own - k0] = math.inf
+        v, i = tile.topk(min(k, k1 - k0), dim=1)
+        del tile
+        i += k0
+        if best_v is not None:
+            merged = torch.cat([best_v, v], 1)
+            v, pos = merged.topk(min(k, merged.shape[1]), dim=1)
+            i = torch.cat([best_i, i], 1).gather(1, pos)
+        best_v, best_i = v, i
+    best_v[:, 0] = (queries * queries).sum(1)
+    return best_v, best_i
+
+
+def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, amp=True):
+    """Global-average-pooled, L2-normalised backbone features of every item of `dataset`, float32 [N, C] on
+    the CPU, in dataset order. On CUDA with `amp`, the backbone runs under bf16 autocast (pooling and
+    normalisation stay fp32); on the CPU it always runs in fp32."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    out, seen = [], 0
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
+        for batch in tqdm(loader, desc="knn features", unit="batch", disable=None):
+            img = batch["img"]
+            if "index" in batch:
+                _check_order(dataset, batch["index"], seen)
+            fmap = backbone(img.to(device, non_blocking=True)).float()
+            out.append(F.normalize(fmap.mean((2, 3)), dim=1).cpu())
+            seen += len(img)
+    return torch.cat(out)
+
+
+def _check_order(dataset, index, seen):
+    """Table rows are dataset positions: an item reporting another index (a skipped bad file) is an error."""
+    index = index.view(-1).cpu()
+    wrong = (index != torch.arange(seen, seen + len(index))).nonzero()
+    if len(wrong):
+        pos = seen + int(wrong[0])
+        where = dataset.path(pos) if hasattr(dataset, "path") else f"{type(dataset).__name__} item {pos}"
+        raise StegoError(f"{where}: item {pos} came back as item {int(index[int(wrong[0])])} (a bad file skipped?); "
+                         "KNN rows must match dataset positions: fix or remove the bad file and re-run")
+
+
+def weights_id(weights):
+    """A short identity of backbone weights for the table metadata: "random", a file name with the first
+    16 hex digits of its sha256, or "state_dict:" with a hash of the tensors."""
+    if isinstance(weights, dict):
+        h = hashlib.sha256()
+        _hash_state(h, weights)
+        return f"state_dict:sha256:{h.hexdigest()[:16]}"
+    if weights == "random":
+        return "random"
+    path = Path(weights)
+    if not path.is_file():
+        raise MissingFileError(f"backbone weights {path} not found; pass an existing file with --weights")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{path.name}:sha256:{h.hexdigest()[:16]}"
+
+
+def _hash_state(h, obj):
+    """Feed a (nested) state dict into hash `h`: keys in sorted order, tensors by their bytes."""
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            h.update(str(key).encode())
+            _hash_state(h, obj[key])
+    elif isinstance(obj, torch.Tensor):
+        h.update(f"{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(repr(obj).encode())
+
+
+def knn_meta(backbone, weights, dataset, split, crops="none", res=224):
+    """The metadata that identifies a KNN table (what it was made from), without k and n. `weights` as for
+    `build_backbone`: None stands for the official file, which is located and hashed."""
+    if crops not in CROPS:
+        raise StegoError(f"unknown crop type {crops!r}; use one of {', '.join(CROPS)}")
+    if weights is None:
+        from stego.backbones import resolve_weight_file
+        weights = resolve_weight_file(backbone)
+    return dict(backbone=backbone, weights=weights_id(weights), dataset=dataset, split=split,
+                crops=crops, res=int(res))
+
+
+def table_path(root, backbone, dataset, split, crops="none", res=224):
+    """Where a KNN table lives by default: <root>/nns/nns_<backbone>_<dataset>_<split>_<crops>_<res>.pt
+    (the release used the same name with .npz)."""
+    return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}.pt"
+
+
+def _remine_hint(meta):
+    """The command that rebuilds a table for `meta`, for error messages."""
+    parts = [f"--{flag} {meta[key]}" for flag, key in
+             (("dataset", "dataset"), ("split", "split"), ("backbone", "backbone"), ("crop", "crops"),
+              ("res", "res"), ("k", "k")) if key in meta]
+    return f"re-run `stego data knn --root DATA_ROOT {' '.join(parts)} --force` with the matching --weights"
+
+
+@dataclass
+class KnnTable:
+    """Neighbour indices [N, k] (rank 0 = self), their cosine similarities [N, k], and what made them."""
+
+    indices: torch.Tensor
+    sims: torch.Tensor
+    meta: dict
+
+    @property
+    def n(self):
+        return self.indices.shape[0]
+
+    @property
+    def k(self):
+        return self.indices.shape[1]
+
+    def save(self, path):
+        """Write the table atomically as a torch file of plain tensors and a plain dict (weights_only-safe)."""
+        with atomic_write(path, "wb") as f:
+            torch.save(dict(indices=self.indices.contiguous(), sims=self.sims.contiguous(), meta=self.meta), f)
+
+    @classmethod
+    def load(cls, path, expect=None):
+        """Read and check a table; every key of `expect` (e.g. dataset, split, n) must match its metadata."""
+        path = Path(path)
+        hint = _remine_hint(expect or {})
+        if not path.is_file():
+            raise MissingFileError(f"KNN table {path} not found; {hint.replace(' --force', '')}")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            table = cls(raw["indices"], raw["sims"], dict(raw["meta"]))
+        except Exception as e:
+            raise StegoError(f"KNN table {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"{hint}") from None
+        table._check(path, hint)
+        found = table.meta.get("format")
+        if found != FORMAT_VERSION:
+            raise StegoError(f"KNN table {path} has format {found!r}, this version reads {FORMAT_VERSION}; {hint}")
+        diff = [f"{key} expected {want!r} found {table.meta.get(key)!r}"
+                for key, want in (expect or {}).items() if table.meta.get(key) != want]
+        if diff:
+            raise StegoError(f"KNN table {path} was made for something else ({'; '.join(diff)}); {hint}")
+        return table
+
+    def _check(self, path, hint):
+        """Structural integrity: shapes, dtypes, index range, self at rank 0, metadata consistent."""
+        idx, sims, meta = self.indices, self.sims, self.meta
+        problem = None
+        if idx.dtype != torch.int64 or sims.dtype != torch.float32 or idx.dim() != 2 or idx.shape != sims.shape:
+            problem = f"indices {idx.dtype} {tuple(idx.shape)} / sims {sims.dtype} {tuple(sims.shape)}"
+        elif meta.get("n") != idx.shape[0] or meta.get("k") != idx.shape[1]:
+            problem = f"metadata n={meta.get('n')}, k={meta.get('k')} but table shape {tuple(idx.shape)}"
+        elif idx.numel() and (idx.min() < 0 or idx.max() >= idx.shape[0]):
+            problem = "neighbour indices out of range"
+        elif not torch.equal(idx[:, 0], torch.arange(idx.shape[0])):
+            problem = "rank 0 is not the image itself"
+        if problem:
+            raise StegoError(f"KNN table {path} is corrupt ({problem}); {hint}")
+
+
+def table_expect(meta, k, n):
+    """Everything a table for `meta` (from `knn_meta`) with k neighbours over n images must record."""
+    return dict(meta, k=k, n=n, dropout=False)
+
+
+def existing_table(path, expect):
+    """The valid table already at `path` (None if there is no file); one made for something else is an error."""
+    if not Path(path).exists():
+        return None
+    table = KnnTable.load(path, expect)
+    log.info("KNN table %s already exists and matches; not re-mining (use --force to redo it)", path)
+    return table
+
+
+def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key_chunk=16384, device=None,
+             workers=0, amp=True, force=False):
+    """Embed `dataset`, mine its cosine top-k and save the table at `path` with `meta` (from `knn_meta`).
+    A valid table already at `path` is returned as is; one made for something else is an error unless
+    `force`."""
+    expect = table_expect(meta, k, len(dataset))
+    path = Path(path)
+    table = None if force else existing_table(path, expect)
+    if table is not None:
+        return table
+    if not 1 <= k <= len(dataset):
+        raise StegoError(f"KNN k={k} must be between 1 and the number of images ({len(dataset)}); lower --k")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    feats = embed_dataset(backbone, dataset, batch_size=batch_size, device=device, workers=workers, amp=amp)
+    indices, sims = topk_cosine(feats, k, chunk=chunk, key_chunk=key_chunk, device=device)
+    precision = "bf16" if amp and device.type == "cuda" else "fp32"
+    table = KnnTable(indices, sims, dict(expect, format=FORMAT_VERSION, precision=precision))
+    table.save(path)
+    log.info("mined KNN table %s (n=%d, k=%d) in %.1f s", path, table.n, table.k, time.perf_counter() - start)
+    return table
+
+
+def add_cli(data_subparsers):
+    """Register `knn` (under `stego data`): mine and save the KNN table of one dataset split."""
+    p = data_subparsers.add_parser("knn", help="mine the cosine top-k nearest-neighbour table of a split",
+                                   description=add_cli.__doc__)
+    p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
+    p.add_argument("--root", required=True, type=Path, help="data root; the table goes to ROOT/nns/")
+    p.add_argument("--split", required=True, help="split to mine within (train, val, ...)")
+    p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
+    p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
+    p.add_argument("--k", type=int, default=30, help="neighbours kept per image, self included (default 30)")
+    p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
+    p.add_argument("--crop", choices=CROPS, default="none", help="mine over five-crops or whole images")
+    p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
+    p.add_argument("--chunk", type=int, default=1024, help="query rows per similarity tile")
+    p.add_argument("--key-chunk", type=int, default=16384, help="key rows per similarity tile")
+    p.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 backbone on CUDA (default bf16)")
+    p.add_argument("--out", type=Path, default=None, help="table file (default ROOT/nns/nns_<...>.pt)")
+    p.add_argument("--force", action="store_true", help="re-mine even if a table exists")
+    p.set_defaults(func=run_knn)
+    return p
+
+
+def run_knn(args):
+    """The `stego data knn` command: build the backbone and dataset named in `args`, mine and save their
+    table (or keep the valid one already there); exit code 0."""
+    from stego.backbones import build_backbone
+    from stego.data.datasets import build_dataset
+
+    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res)
+    dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five")
+    path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res)
+    table = None if args.force else existing_table(path, table_expect(meta, args.k, len(dataset)))
+    if table is None:  # build the backbone only when there is work for it
+        table = mine_knn(build_backbone(args.backbone, weights=args.weights), dataset, path, meta, k=args.k,
+                         batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
+                         device=args.device, workers=args.workers, amp=args.amp, force=True)
+    print(f"{path}: {table.n} images, k={table.k}")
+    return 0
+
