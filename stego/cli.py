@@ -63,6 +63,15 @@ def _eval(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .predict import predict_folder
+
+    cfg = _config(args) if args.preset else None
+    n = predict_folder(args.checkpoint, args.images, args.out, crf=args.crf, trusted=args.trust_checkpoint, cfg=cfg)
+    print(f"{n} images segmented into {args.out}")
+    return 0
+
+
 def _presets(args) -> int:
     from .config import list_presets, load_config
 
@@ -99,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling a released .ckpt's config objects (only for files from a trusted source)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="segment a folder of your own images with a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run folder's checkpoint.pt, or a released .ckpt")
+    p.add_argument("--images", required=True, help="folder of .jpg/.png images")
+    p.add_argument("--out", required=True, help="where to write <stem>_cluster.png, _linear.png, _overlay.png")
+    p.add_argument("--crf", action="store_true", help="refine with DenseCRF")
+    p.add_argument("--trust-checkpoint", action="store_true", help="see `stego eval --help`")
+    _add_config_args(p)
+    p.set_defaults(func=_predict)
 
     from .data import check, fivecrop, knn, synthetic
 

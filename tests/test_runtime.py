@@ -1,0 +1,49 @@
+"""Data-parallel pieces: gradient averaging across processes and per-rank batches that split each epoch."""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stego.runtime import average_gradients, iteration_seed
+from stego.train import ResumableBatches
+
+
+def _average_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    params[0].grad = torch.full((3,), float(rank + 1))
+    params[1].grad = torch.arange(4.0).view(2, 2) * (rank + 1)
+    average_gradients(params)
+    torch.save([p.grad for p in params], f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_over_processes(tmp_path):
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_average_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        g0, g1 = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(g0, torch.full((3,), 1.5))
+        assert torch.equal(g1, torch.arange(4.0).view(2, 2) * 1.5)
+
+
+def test_ranks_split_each_epoch_without_overlap_and_resume_mid_epoch():
+    n, batch, world = 23, 3, 2
+    per_epoch = n // (batch * world)
+    ranks = [list(ResumableBatches(n, batch, seed=5, start=0, stop=2 * per_epoch, rank=r, world=world))
+             for r in range(world)]
+    for step in range(per_epoch):
+        seen = [i for r in range(world) for i, _ in ranks[r][step]]
+        assert len(seen) == len(set(seen)) == batch * world
+    first_epoch = [i for r in range(world) for b in ranks[r][:per_epoch] for i, _ in b]
+    assert len(set(first_epoch)) == per_epoch * batch * world
+    assert {e for b in ranks[0] for _, e in b} == {0, 1}
+    resumed = list(ResumableBatches(n, batch, seed=5, start=3, stop=2 * per_epoch, rank=0, world=world))
+    assert resumed == ranks[0][3:]
+
+
+def test_iteration_seeds_differ():
+    assert len({iteration_seed(0, i) for i in range(1000)}) == 1000
+    assert iteration_seed(1, 0) != iteration_seed(0, 0)
