@@ -22,13 +22,29 @@ def _add_config_args(p) -> None:
     p.add_argument("--ablation", help="one ablation switch of Tables 2/5 (stego/presets/_ablations.yaml)")
 
 
+def _split_preset(args) -> tuple[str | None, list[str]]:
+    """(preset or None, overrides): an argument with '=' in the preset's place is the first override."""
+    if args.preset and "=" in args.preset:
+        return None, [args.preset] + list(args.overrides)
+    return args.preset, list(args.overrides)
+
+
 def _config(args, default="synthetic_demo"):
     from .config import load_config
 
-    preset, overrides = args.preset, list(args.overrides)
-    if preset and "=" in preset:
-        preset, overrides = None, [preset] + overrides
+    preset, overrides = _split_preset(args)
     return load_config(preset or default, overrides, args.ablation)
+
+
+def _checkpoint_config(args):
+    """(config or None, overrides) for commands on a checkpoint: without a preset, the checkpoint's own config
+    is used and the overrides apply to it."""
+    from .config import load_config
+
+    preset, overrides = _split_preset(args)
+    if preset or args.ablation:
+        return load_config(preset or "synthetic_demo", overrides, args.ablation), []
+    return None, overrides
 
 
 def _train(args) -> int:
@@ -53,12 +69,10 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import run_eval
 
-    cfg = _config(args) if args.preset else None
-    if cfg is not None and args.no_crf:
-        cfg.eval.crf = False
+    cfg, overrides = _checkpoint_config(args)
     record_path = Path(args.record or Path(args.checkpoint).with_name("record.json"))
     run_eval(cfg, args.checkpoint, record_path, trusted=args.trust_checkpoint, split=args.split,
-             crf=False if args.no_crf else None)
+             crf=False if args.no_crf else None, overrides=overrides)
     print(f"record: {record_path}")
     return 0
 
@@ -66,8 +80,9 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     from .predict import predict_folder
 
-    cfg = _config(args) if args.preset else None
-    n = predict_folder(args.checkpoint, args.images, args.out, crf=args.crf, trusted=args.trust_checkpoint, cfg=cfg)
+    cfg, overrides = _checkpoint_config(args)
+    n = predict_folder(args.checkpoint, args.images, args.out, crf=args.crf, trusted=args.trust_checkpoint, cfg=cfg,
+                       overrides=overrides)
     print(f"{n} images segmented into {args.out}")
     return 0
 

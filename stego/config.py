@@ -158,6 +158,14 @@ def load_config(preset: str = "synthetic_demo", overrides: list[str] | None = No
     return from_dict(values, source=str(path))
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` with `section.key=value` overrides applied (checked like a preset's keys)."""
+    values = cfg.to_dict()
+    for text in overrides:
+        set_dotted(values, *parse_override(text))
+    return from_dict(values, source="overrides")
+
+
 def ablation_overrides(name: str) -> dict:
     """The dotted-key settings of a named ablation switch (paper Tables 2 and 5), from presets/_ablations.yaml."""
     table = yaml.safe_load((PRESET_DIR / "_ablations.yaml").read_text())

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import build
-from .config import Config
+from .config import Config, from_dict, with_overrides
 from .io import atomic_save_json
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .runtime import autocast, git_commit, pick_device, versions
@@ -100,30 +100,51 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     return metrics
 
 
-def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False):
-    """(config, model, backbone) from this suite's checkpoint or an authors' released .ckpt."""
+def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, overrides=()):
+    """(config, model, backbone) from this suite's checkpoint or an authors' released .ckpt.
+
+    Without `cfg` the checkpoint's own config is used; `overrides` (section.key=value) then apply to it.
+    """
     from .train import load_checkpoint
 
     path = Path(checkpoint)
     if path.suffix == ".ckpt":
-        from .checkpoint import released_to_suite
-
-        return released_to_suite(path, cfg, trusted=trusted)
+        return released_for_eval(path, cfg, trusted, overrides)
     state = load_checkpoint(path)
-    from .config import from_dict
-
-    cfg = cfg or from_dict(state["config"], source=str(path))
+    cfg = cfg or with_overrides(from_dict(state["config"], source=str(path)), list(overrides))
     backbone = build.backbone_for(cfg)
     model = build.model_for(cfg, state["in_dim"], state["n_classes"])
     model.load_state_dict(state["model"])
     return cfg, model, backbone
 
 
+def released_for_eval(path: Path, cfg: Config | None, trusted: bool, overrides=()):
+    """(config, model, backbone) from an authors' released Lightning checkpoint; its stored config decides the
+    model, a given config (preset) only supplies data location and evaluation settings."""
+    from .checkpoint import load_released_checkpoint
+    from .model import Stego
+
+    released = load_released_checkpoint(path, trusted=trusted)
+    sections = {section: dict(values) for section, values in released.config_overrides.items()}
+    model_keys = {k: v for k, v in sections.pop("model").items() if k not in ("n_classes", "n_clusters")}
+    stored = from_dict({**sections, "model": model_keys, "name": path.stem, "follows": "release"}, source=str(path))
+    if cfg is not None:
+        cfg.model, cfg.loss = stored.model, stored.loss
+        cfg.name = cfg.name if cfg.name != "custom" else path.stem
+    else:
+        cfg = with_overrides(stored, list(overrides))
+    head, cluster_probe, linear_probe = released.build_modules()
+    model = Stego(released.in_dim, cfg.model.dim, released.n_classes, cfg.model.projection)
+    model.head, model.cluster_probe, model.linear_probe = head, cluster_probe, linear_probe
+    backbone = build.backbone_for(cfg, state_dict=released.backbone_state)
+    return cfg, model, backbone
+
+
 def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, split: str = "val",
-             crf: bool | None = None) -> dict:
+             crf: bool | None = None, overrides=()) -> dict:
     """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`."""
     started = time.perf_counter()
-    cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted)
+    cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
     device = pick_device(cfg.train.device)
     model, backbone = model.to(device), backbone.to(device)
     dataset = build.val_dataset(cfg, split)

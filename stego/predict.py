@@ -30,7 +30,8 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(f, format="PNG")
 
 
-def predict_folder(checkpoint, images_dir, out_dir, crf: bool = False, trusted: bool = False, cfg=None) -> int:
+def predict_folder(checkpoint, images_dir, out_dir, crf: bool = False, trusted: bool = False, cfg=None,
+                   overrides=()) -> int:
     """Write <stem>_cluster.png, <stem>_linear.png (class ids) and <stem>_overlay.png per image; returns count.
 
     Each image is resized (shorter side = the config's eval resolution), segmented, and its predictions are
@@ -42,7 +43,7 @@ def predict_folder(checkpoint, images_dir, out_dir, crf: bool = False, trusted: 
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise StegoError(f"{images_dir}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted)
+    cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
     device = pick_device(cfg.train.device)
     model, backbone = model.to(device).eval(), backbone.to(device)
     n_clusters = model.cluster_probe.clusters.shape[0]

@@ -1,0 +1,465 @@
+"""Read the authors' released STEGO checkpoints (Lightning files) without Lightning (PROTOCOL §9).
+
+`load_released_checkpoint` maps the release's head and probe weights onto `SegmentationHead`, `ClusterProbe` and
+`LinearProbe`, strips the backbone's `net.model.` prefix (DINO key names, which timm shares), and turns the stored
+training config (`hyper_parameters.cfg`) into plain dicts and this package's config keys.
+
+The files are pickles. They are read with torch's weights-only unpickler, which runs nothing from the file. The
+stored config is an omegaconf `DictConfig`: omegaconf rebuilds it when it is installed, otherwise inert stand-in
+classes keep its state and are turned into plain dicts here. Any other pickled object (e.g. a Lightning callback
+class) is refused unless `trusted=True`; even then it is only kept as an inert placeholder, never run.
+"""
+import collections
+import dataclasses
+import importlib
+import logging
+import re
+import typing
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import MissingFileError, StegoError
+from .model import ClusterProbe, LinearProbe, SegmentationHead
+
+log = logging.getLogger(__name__)
+
+RELEASE_FILES = ("cocostuff27_vit_base_5.ckpt", "cityscapes_vit_base_1.ckpt", "potsdam_test.ckpt")
+RELEASE_URL = "https://marhamilresearch4.blob.core.windows.net/stego-public/saved_models/"
+
+BACKBONE_NAMES = {
+    ("vit_small", 8): "dino_vits8",
+    ("vit_small", 16): "dino_vits16",
+    ("vit_base", 8): "dino_vitb8",
+    ("vit_base", 16): "dino_vitb16",
+}
+FEATURE_DIMS = {"vit_small": 384, "vit_base": 768}
+DATASET_NAMES = {"cocostuff27": "cocostuff27", "cityscapes": "cityscapes27", "potsdam": "potsdam3"}
+"""Release dataset_name -> ours; other names pass through unchanged."""
+
+BACKBONE_PREFIX = "net.model."
+_BACKBONE_KEY = re.compile(
+    r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)"
+    r"|blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+)
+_BACKBONE_REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+                      "norm.bias")
+_LINEAR_BRANCH = {"net.cluster1.0.weight": "linear.weight", "net.cluster1.0.bias": "linear.bias"}
+_MLP_BRANCH = {
+    "net.cluster2.0.weight": "mlp.0.weight", "net.cluster2.0.bias": "mlp.0.bias",
+    "net.cluster2.2.weight": "mlp.2.weight", "net.cluster2.2.bias": "mlp.2.bias",
+}
+HEAD_KEYS = {"nonlinear": {**_LINEAR_BRANCH, **_MLP_BRANCH}, "linear": dict(_LINEAR_BRANCH), "none": {}}
+"""Release state_dict key -> our SegmentationHead key, per projection type."""
+CLUSTER_KEYS = {"cluster_probe.clusters": "clusters"}
+LINEAR_KEYS = {"linear_probe.weight": "conv.weight", "linear_probe.bias": "conv.bias"}
+UNUSED_KEYS = frozenset(
+    {"train_cluster_probe.clusters", "decoder.weight", "decoder.bias"}
+    | {f"{m}_metrics.stats" for m in ("cluster", "linear", "test_cluster", "test_linear")}
+)
+"""Modules of the release's LightningModule that evaluation never reads (the metric states only if persisted)."""
+
+_UNSUPPORTED_TRAINING = ("rec_weight", "aug_alignment_weight", "crf_weight", "repulsion_weight", "use_salience",
+                         "use_true_labels")
+
+
+@dataclasses.dataclass
+class ReleasedCheckpoint:
+    """A released checkpoint mapped onto this package: state dicts in our key names plus the stored config."""
+
+    path: Path
+    hparams: dict
+    """The stored hyper_parameters as plain dicts/lists: 'n_classes' and 'cfg' (the release's training config)."""
+    backbone_name: str
+    backbone_state: dict
+    """The DINO ViT's state dict, `net.model.` stripped; `build_backbone(backbone_name, weights=...)` takes it."""
+    head_state: dict
+    cluster_state: dict
+    linear_state: dict
+    config_overrides: dict
+    """Our config sections (data/model/loss/train, as in stego/presets) with the values the checkpoint used."""
+
+    @property
+    def n_classes(self) -> int:
+        return self.linear_state["conv.weight"].shape[0]
+
+    @property
+    def in_dim(self) -> int:
+        return self.backbone_state["norm.weight"].shape[0]
+
+    def build_modules(self) -> tuple[SegmentationHead, ClusterProbe, LinearProbe]:
+        """Our head and probes holding the release's weights (strict loads), in eval mode."""
+        model = self.config_overrides["model"]
+        head = SegmentationHead(self.in_dim, model["dim"], model["projection"])
+        head.load_state_dict(self.head_state, strict=True)
+        clusters = self.cluster_state["clusters"]
+        cluster_probe = ClusterProbe(clusters.shape[1], clusters.shape[0])
+        cluster_probe.load_state_dict(self.cluster_state, strict=True)
+        linear_probe = LinearProbe(self.linear_state["conv.weight"].shape[1], self.n_classes)
+        linear_probe.load_state_dict(self.linear_state, strict=True)
+        return head.eval(), cluster_probe.eval(), linear_probe.eval()
+
+
+def load_released_checkpoint(path, trusted: bool = False) -> ReleasedCheckpoint:
+    """Read a released STEGO Lightning checkpoint and map it onto our modules and config.
+
+    trusted: also accept pickled objects other than tensors, containers and omegaconf configs (read as inert
+    placeholders). Unknown or missing state_dict keys, and tensors that disagree with the stored config, are
+    one-line StegoErrors naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(
+            f"released checkpoint {path} not found: download {' / '.join(RELEASE_FILES)} from {RELEASE_URL} "
+            f"and pass the file's path"
+        )
+    raw = _read(path, trusted)
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+        raise StegoError(f"{path} has no 'state_dict': it is not a Lightning checkpoint of the STEGO release")
+    if "hyper_parameters" not in raw:
+        raise StegoError(f"{path} has no 'hyper_parameters': it is not a Lightning checkpoint of the STEGO release")
+    hparams = to_plain(raw["hyper_parameters"])
+    cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
+    if not isinstance(cfg, dict):
+        raise StegoError(f"{path}: hyper_parameters holds no 'cfg' config mapping; is it a STEGO release checkpoint?")
+    n_classes = hparams.get("n_classes")
+    if type(n_classes) is not int or n_classes < 1:
+        raise StegoError(f"{path}: hyper_parameters.n_classes is {n_classes!r}, not a positive integer")
+    state = raw["state_dict"]
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise StegoError(f"{path}: state_dict entries that are not named tensors: {_few(bad)}")
+    model = _model_section(cfg, n_classes, path)
+    backbone_name = BACKBONE_NAMES[(cfg["model_type"], model["patch"])]
+    _check_keys(state, model["projection"], path)
+    _check_shapes(state, cfg, model, n_classes, path)
+    backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    overrides = _overrides(cfg, path)
+    overrides["model"] = {
+        "backbone": backbone_name, "dim": model["dim"], "projection": model["projection"], "dropout": 0.1,
+        "n_classes": n_classes, "n_clusters": state["cluster_probe.clusters"].shape[0],
+    }
+    log.info("read released checkpoint %s: %s, dim %d, %s head, %d classes", path, backbone_name, model["dim"],
+             model["projection"], n_classes)
+    return ReleasedCheckpoint(
+        path=path,
+        hparams=hparams,
+        backbone_name=backbone_name,
+        backbone_state=backbone_state,
+        head_state={ours: state[theirs] for theirs, ours in HEAD_KEYS[model["projection"]].items()},
+        cluster_state={ours: state[theirs] for theirs, ours in CLUSTER_KEYS.items()},
+        linear_state={ours: state[theirs] for theirs, ours in LINEAR_KEYS.items()},
+        config_overrides=overrides,
+    )
+
+
+# ---- reading the pickle ------------------------------------------------------------------------------------------
+
+
+class _StandIn:
+    """Inert stand-in for a pickled omegaconf object: keeps the pickled state, runs nothing."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class _DictConfig(_StandIn):
+    """omegaconf.DictConfig: `_content` maps keys to child nodes (or is None, '???' or an interpolation)."""
+
+
+class _ListConfig(_StandIn):
+    """omegaconf.ListConfig: `_content` is a list of child nodes (or None, '???' or an interpolation)."""
+
+
+class _ValueNode(_StandIn):
+    """omegaconf's leaf nodes (AnyNode, StringNode, ...): the value is in `_val`."""
+
+
+class _Metadata(_StandIn):
+    """omegaconf.base.Metadata / ContainerMetadata (types, flags): not needed for the values."""
+
+
+OMEGACONF_STANDINS = {
+    "omegaconf.dictconfig.DictConfig": _DictConfig,
+    "omegaconf.listconfig.ListConfig": _ListConfig,
+    "omegaconf.base.Metadata": _Metadata,
+    "omegaconf.base.ContainerMetadata": _Metadata,
+    **{f"omegaconf.nodes.{name}": _ValueNode for name in (
+        "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode", "EnumNode",
+        "UnionNode", "ValueNode", "InterpolationResultNode")},
+}
+"""Every omegaconf class a pickled config may name, with its stand-in."""
+
+PLAIN_GLOBALS = {
+    "typing.Any": typing.Any,
+    "typing.Dict": typing.Dict,
+    "typing.List": typing.List,
+    "collections.defaultdict": collections.defaultdict,
+    **{f"builtins.{t.__name__}": t for t in (int, float, complex, str, bytes, bool, dict, list, tuple, set, frozenset)},
+}
+"""Harmless globals omegaconf metadata pickles (type markers, its resolver cache) that torch does not allow itself."""
+
+
+class _Inert:
+    """Placeholder for an unrecognised pickled class or function (trusted files only): keeps what it was given."""
+
+    global_name = ""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args = args
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<inert {self.global_name}>"
+
+
+def _read(path: Path, trusted: bool):
+    try:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:
+        raise StegoError(f"cannot read checkpoint {path} ({_reason(e)}): the file is damaged, truncated or not "
+                         f"a torch checkpoint; download it again") from e
+    allow, unknown = _allowlist(foreign)
+    if unknown and not trusted:
+        raise StegoError(
+            f"{path} holds pickled objects other than tensors and configs ({_few(unknown)}); checkpoint files are "
+            f"pickles, so load them only from a source you trust, then pass trusted=True (--trust-checkpoint) to "
+            f"read those objects as inert placeholders"
+        )
+    try:
+        with torch.serialization.safe_globals(allow):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StegoError(f"cannot read checkpoint {path} ({_reason(e)}): the file is damaged, truncated or not "
+                         f"a torch checkpoint; download it again") from e
+
+
+def _allowlist(names: list[str]) -> tuple[list, list[str]]:
+    """(safe_globals entries for `names`, the names that are unrecognised and get inert placeholders)."""
+    omega = [n for n in names if n in OMEGACONF_STANDINS]
+    real = _omegaconf_classes(omega)
+    allow, unknown = [], []
+    for name in sorted(names):
+        if name in OMEGACONF_STANDINS:
+            allow.append((real[name] if real else OMEGACONF_STANDINS[name], name))
+        elif name in PLAIN_GLOBALS:
+            allow.append((PLAIN_GLOBALS[name], name))
+        else:
+            unknown.append(name)
+            allow.append((type(name.rsplit(".", 1)[-1], (_Inert,), {"global_name": name}), name))
+    if omega:
+        log.debug("omegaconf classes %s read with %s", ", ".join(sorted(omega)), "omegaconf" if real else "stand-ins")
+    return allow, unknown
+
+
+def _omegaconf_classes(names: list[str]) -> dict | None:
+    """The installed omegaconf's classes for `names`, or None (use stand-ins) if omegaconf or one of them is absent."""
+    if not names:
+        return None
+    try:
+        importlib.import_module("omegaconf")
+    except ImportError:
+        return None
+    found = {}
+    for name in names:
+        module, attr = name.rsplit(".", 1)
+        try:
+            found[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None
+    return found
+
+
+def to_plain(obj):
+    """Turn omegaconf configs (real or stand-ins) inside `obj` into plain dicts/lists; interpolations stay strings."""
+    if isinstance(obj, (_DictConfig, _ListConfig)):
+        content = obj.__dict__.get("_content")
+        if isinstance(content, dict):
+            return {k: to_plain(v) for k, v in content.items()}
+        if isinstance(content, list):
+            return [to_plain(v) for v in content]
+        return content
+    if isinstance(obj, _ValueNode):
+        return to_plain(obj.__dict__.get("_val"))
+    if type(obj).__module__.startswith("omegaconf."):
+        omegaconf = importlib.import_module("omegaconf")
+        if omegaconf.OmegaConf.is_config(obj):
+            return omegaconf.OmegaConf.to_container(obj, resolve=False)
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+# ---- checking and mapping ----------------------------------------------------------------------------------------
+
+
+def _model_section(cfg: dict, n_classes: int, path: Path) -> dict:
+    """Backbone patch, code dim and projection from the stored config, checked against what we can build."""
+    for key in ("model_type", "dino_patch_size", "projection_type"):
+        if key not in cfg:
+            raise StegoError(f"{path}: the stored cfg has no {key!r}; is it a STEGO release checkpoint?")
+    arch, feat_type = cfg.get("arch", "dino"), cfg.get("dino_feat_type", "feat")
+    if arch != "dino" or feat_type != "feat":
+        raise StegoError(f"{path}: cfg arch={arch!r}, dino_feat_type={feat_type!r}; only the release's DINO "
+                         f"models (arch 'dino', dino_feat_type 'feat') can be loaded")
+    key = (cfg["model_type"], cfg["dino_patch_size"])
+    if key not in BACKBONE_NAMES:
+        raise StegoError(f"{path}: cfg model_type={key[0]!r}, dino_patch_size={key[1]!r} is not a DINO backbone "
+                         f"we know (vit_small/vit_base with patch 8/16)")
+    projection = {"nonlinear": "nonlinear", "linear": "linear", None: "none"}.get(cfg["projection_type"])
+    if projection is None:
+        raise StegoError(f"{path}: cfg projection_type={cfg['projection_type']!r}; expected 'nonlinear', 'linear' "
+                         f"or null")
+    continuous = cfg.get("continuous", True)
+    if continuous is not True and continuous is not False:
+        raise StegoError(f"{path}: cfg continuous={continuous!r}; expected true or false")
+    if continuous and "dim" not in cfg:
+        raise StegoError(f"{path}: the stored cfg has no 'dim'; is it a STEGO release checkpoint?")
+    dim = _int(cfg["dim"], path, "dim") if continuous else n_classes
+    if projection == "none":
+        dim = FEATURE_DIMS[cfg["model_type"]]
+    return {"patch": cfg["dino_patch_size"], "dim": dim, "projection": projection}
+
+
+def _check_keys(state: dict, projection: str, path: Path) -> None:
+    head = HEAD_KEYS[projection]
+    unknown = [
+        k for k in state
+        if not (k.startswith(BACKBONE_PREFIX) and _BACKBONE_KEY.fullmatch(k[len(BACKBONE_PREFIX):]))
+        and k not in head and k not in CLUSTER_KEYS and k not in LINEAR_KEYS and k not in UNUSED_KEYS
+    ]
+    if unknown:
+        raise StegoError(f"{path}: unknown state_dict key(s) {_few(unknown)} for a release checkpoint with a "
+                         f"{projection!r} head; is the file a STEGO DINO checkpoint with its own config?")
+    required = [*(BACKBONE_PREFIX + k for k in _BACKBONE_REQUIRED), *head, *CLUSTER_KEYS, *LINEAR_KEYS]
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise StegoError(f"{path}: missing state_dict key(s) {_few(missing)} for a {projection!r} head; the file "
+                         f"is incomplete or not a STEGO release checkpoint")
+
+
+def _check_shapes(state: dict, cfg: dict, model: dict, n_classes: int, path: Path) -> None:
+    c, p, d = FEATURE_DIMS[cfg["model_type"]], model["patch"], model["dim"]
+    n_clusters = n_classes + _int(cfg.get("extra_clusters", 0), path, "extra_clusters")
+    expected = {
+        "net.model.norm.weight": (c,), "net.model.patch_embed.proj.weight": (c, 3, p, p),
+        "net.cluster1.0.weight": (d, c, 1, 1), "net.cluster1.0.bias": (d,),
+        "net.cluster2.0.weight": (c, c, 1, 1), "net.cluster2.0.bias": (c,),
+        "net.cluster2.2.weight": (d, c, 1, 1), "net.cluster2.2.bias": (d,),
+        "cluster_probe.clusters": (n_clusters, d),
+        "linear_probe.weight": (n_classes, d, 1, 1), "linear_probe.bias": (n_classes,),
+    }
+    wrong = [f"{k} {tuple(state[k].shape)} != {shape}" for k, shape in expected.items()
+             if k in state and tuple(state[k].shape) != shape]
+    if wrong:
+        raise StegoError(
+            f"{path}: tensors disagree with the stored config (model_type={cfg['model_type']}, "
+            f"dino_patch_size={p}, dim={d}, n_classes={n_classes}, extra_clusters={n_clusters - n_classes}): "
+            f"{'; '.join(wrong[:3])}; the file's weights and config do not belong together"
+        )
+
+
+def _overrides(cfg: dict, path: Path) -> dict:
+    """Our data/loss/train config values from the release cfg keys that are present."""
+    out = {"data": {}, "loss": {}, "train": {}}
+    for theirs, section, ours, convert in _CFG_MAP:
+        if theirs in cfg:
+            out[section][ours] = convert(cfg[theirs], path, theirs)
+    weight = _number(cfg.get("correspondence_weight", 1.0), path, "correspondence_weight")
+    for key in ("lambda_self", "lambda_knn", "lambda_rand"):
+        if key in out["loss"]:
+            out["loss"][key] *= weight
+    extras = [k for k in _UNSUPPORTED_TRAINING if cfg.get(k)]
+    if cfg.get("dropout") is False:  # the release's switch for the teacher features' dropout only
+        extras.append("dropout: false")
+    if extras:
+        log.warning("%s was trained with options this package does not implement (%s); its config_overrides "
+                    "describe the correspondence loss only", path, ", ".join(extras))
+    return out
+
+
+def _int(value, path, key) -> int:
+    if type(value) is not int:
+        raise StegoError(f"{path}: cfg {key}={value!r}; expected an integer")
+    return value
+
+
+def _number(value, path, key) -> float:
+    # PyYAML reads '5e-4' (no dot) as a string; accept numeric strings
+    if type(value) is str:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if type(value) not in (int, float):
+        raise StegoError(f"{path}: cfg {key}={value!r}; expected a number")
+    return float(value)
+
+
+def _bool(value, path, key) -> bool:
+    if type(value) is not bool:
+        raise StegoError(f"{path}: cfg {key}={value!r}; expected true or false")
+    return value
+
+
+def _pointwise(value, path, key) -> str:
+    return "release" if _bool(value, path, key) else "off"
+
+
+def _crop(value, path, key) -> str:
+    if value is None or value == "None":
+        return "none"
+    if type(value) is not str:
+        raise StegoError(f"{path}: cfg {key}={value!r}; expected a crop type name")
+    return value
+
+
+def _dataset(value, path, key) -> str:
+    if type(value) is not str:
+        raise StegoError(f"{path}: cfg {key}={value!r}; expected a dataset name")
+    return DATASET_NAMES.get(value, value)
+
+
+_CFG_MAP = (
+    ("dataset_name", "data", "dataset", _dataset),
+    ("crop_type", "data", "crop", _crop),
+    ("crop_ratio", "data", "crop_ratio", _number),
+    ("res", "data", "res", _int),
+    ("num_neighbors", "data", "num_neighbors", _int),
+    ("pos_intra_weight", "loss", "lambda_self", _number),
+    ("pos_inter_weight", "loss", "lambda_knn", _number),
+    ("neg_inter_weight", "loss", "lambda_rand", _number),
+    ("pos_intra_shift", "loss", "b_self", _number),
+    ("pos_inter_shift", "loss", "b_knn", _number),
+    ("neg_inter_shift", "loss", "b_rand", _number),
+    ("pointwise", "loss", "pointwise", _pointwise),
+    ("zero_clamp", "loss", "zero_clamp", _bool),
+    ("stabalize", "loss", "stabilize", _bool),
+    ("feature_samples", "loss", "feature_samples", _int),
+    ("neg_samples", "loss", "neg_samples", _int),
+    ("batch_size", "train", "batch_size", _int),
+    ("max_steps", "train", "iterations", _int),
+    ("lr", "train", "lr", _number),
+)
+"""(release cfg key, our section, our key, converter). The release's max_steps counts batches (PROTOCOL §5)."""
+
+
+def _few(keys, n: int = 4) -> str:
+    keys = sorted(map(str, keys))
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
