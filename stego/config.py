@@ -54,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
+    hist_every: int = 100
+    """Iterations between code-correlation histograms (code_corr_hist.json; 0: never)."""
     val_every: int = 0
     """0: no validation during training."""
     select_on_val: bool = False

@@ -56,6 +56,8 @@ class LossOutput:
     """Mean code correlation of each term (detached): the balance read-out of the paper's A.11."""
     corr_knn: torch.Tensor
     corr_rand: torch.Tensor
+    code_corr: torch.Tensor | None = None
+    """All sampled code correlations [2 + neg, B, P, P] (detached): self, KNN, then each random draw."""
 
 
 def derangement_perm(n: int, generator=None, device=None) -> torch.Tensor:
@@ -162,7 +164,7 @@ def correspondence_loss(feats, feats_pos, code, code_pos, cfg: LossConfig, draws
     total = cfg.lambda_self * self_loss + cfg.lambda_knn * knn_loss + cfg.lambda_rand * rand_loss
     cd = cd.detach()
     corr_rand = cd[2:].mean() if neg else zero.detach()
-    return LossOutput(total, self_loss, knn_loss, rand_loss, cd[0].mean(), cd[1].mean(), corr_rand)
+    return LossOutput(total, self_loss, knn_loss, rand_loss, cd[0].mean(), cd[1].mean(), corr_rand, cd)
 
 
 class CorrespondenceLoss(torch.nn.Module):

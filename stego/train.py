@@ -4,6 +4,7 @@ Every random draw of iteration i (batch order, KNN partner ranks, dropout masks,
 (seed, i), so a run interrupted and resumed from a checkpoint takes exactly the steps of an uninterrupted one.
 """
 import csv
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from .runtime import autocast, average_gradients, distributed, iteration_seed, p
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+HISTOGRAMS = "code_corr_hist.json"
+HIST_BINS = 40
 BEST = "best.pt"
 LOG_FIELDS = ["iteration", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn", "corr_rand",
               "linear_loss", "cluster_loss", "seconds"]
@@ -91,6 +94,21 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def correlation_histograms(iteration: int, code_corr: torch.Tensor) -> dict:
+    """Counts of the sampled code correlations of each term in HIST_BINS bins over [-1, 1] (paper Fig. 14)."""
+    groups = {"self": code_corr[0], "knn": code_corr[1], "rand": code_corr[2:]}
+    return {"iteration": iteration, "bins": HIST_BINS,
+            **{name: torch.histc(c.float().cpu().clamp(-1, 1), HIST_BINS, -1, 1).long().tolist() for name, c in groups.items()}}
+
+
+def _histograms_up_to(path: Path, iteration: int) -> list:
+    """The histograms a resumed run keeps: those of iterations up to its checkpoint."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [h for h in json.load(f) if h["iteration"] <= iteration]
+
+
 def _log_rows_up_to(path: Path, iteration: int) -> None:
     """Drop log rows past `iteration` (written after the checkpoint a resume starts from)."""
     if not path.exists():
@@ -143,10 +161,10 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     torch.manual_seed(t.seed)
     model = build.model_for(cfg, backbone.dim, n_classes).to(device)
-    head_opt = torch.optim.Adam(model.head.parameters(), lr=t.lr)
-    linear_opt = torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr)
-    cluster_opt = torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)
-    optimizers = [head_opt, linear_opt, cluster_opt]
+    optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
+                  torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
+    if list(model.head.parameters()):  # projection 'none' (raw-feature baselines) has nothing to train
+        optimizers.append(torch.optim.Adam(model.head.parameters(), lr=t.lr))
     best = {"miou": float("-inf"), "iteration": None}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -159,6 +177,8 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     loader = DataLoader(pairs, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
     log_path = out / "train_log.csv"
+    hist_path = out / HISTOGRAMS
+    histograms = _histograms_up_to(hist_path, start)
     if rank == 0:
         _log_rows_up_to(log_path, start)
         log.info("training %s: %d images, %d classes, backbone %s (dim %d), batch %d × %d process(es) = %d, "
@@ -202,6 +222,9 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
                                  "corr_rand": out_loss.corr_rand.item(), "linear_loss": linear_loss.item(),
                                  "cluster_loss": cluster_loss.item(), "seconds": round(time.perf_counter() - began, 3)})
                 log_file.flush()
+            if rank == 0 and t.hist_every and (it % t.hist_every == 0 or it == stop):
+                histograms.append(correlation_histograms(it, out_loss.code_corr))
+                atomic_save_json(histograms, hist_path)
             if validate and t.val_every and it % t.val_every == 0:
                 miou = validate(model, backbone)
                 model.train()

@@ -81,3 +81,24 @@ def test_eval_writes_a_complete_record_with_crf(scenes, tmp_path):
         assert sum(map(sum, m["confusion"])) == 6 * 48 * 48  # synthetic scenes label every pixel
     assert saved["config"]["name"] == "tiny" and saved["versions"]["torch"] == torch.__version__
     assert record["metrics"]["cluster"]["miou"] == saved["metrics"]["cluster"]["miou"]
+
+
+def test_raw_feature_baseline_trains_only_the_probes(scenes, tmp_path):
+    cfg = tiny(scenes, iterations=3)
+    cfg.model.projection = "none"
+    state = load_checkpoint(train(cfg, tmp_path / "raw"))
+    assert not any(k.startswith("head.") for k in state["model"])
+    assert len(state["optimizers"]) == 2
+    assert state["model"]["cluster_probe.clusters"].shape == (5, 384)
+
+
+def test_code_correlation_histograms_count_every_sampled_pair(scenes, tmp_path):
+    cfg = tiny(scenes, iterations=4, hist_every=2)
+    train(cfg, tmp_path / "run")
+    hists = json.loads((tmp_path / "run" / "code_corr_hist.json").read_text())
+    assert [h["iteration"] for h in hists] == [2, 4]
+    points = cfg.loss.feature_samples ** 2
+    pairs = cfg.train.batch_size * points * points
+    for h in hists:
+        assert sum(h["self"]) == sum(h["knn"]) == pairs and sum(h["rand"]) == cfg.loss.neg_samples * pairs
+        assert sum(h["self"][h["bins"] // 2:]) > 0
