@@ -102,11 +102,17 @@ def sample_points(t: torch.Tensor, images: torch.Tensor, coords: torch.Tensor) -
     return F.embedding_bag(taps, table, per_sample_weights=weights, mode="sum")
 
 
-def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine correlation of every point of a with every point of b: [N, P, C] × [N, Q, C] → [N, P, Q]."""
-    a = F.normalize(a, dim=-1, eps=1e-10)
-    b = F.normalize(b, dim=-1, eps=1e-10)
-    return torch.bmm(a, b.transpose(1, 2))
+def correlation(points: torch.Tensor) -> torch.Tensor:
+    """Cosine correlations of each image's anchor points with all its partner points.
+
+    points [B, G, P, C]: per image b, G groups of P sampled vectors, group 0 the anchor's own.
+    Returns [G, B, P, P]: entry (g, b, p, q) = cos(points[b, 0, p], points[b, g, q]). One batched matmul; the
+    anchor is never copied G times.
+    """
+    batch, groups, n_points, channels = points.shape
+    unit = F.normalize(points, dim=-1, eps=1e-10)
+    out = torch.bmm(unit[:, 0], unit.reshape(batch, groups * n_points, channels).transpose(1, 2))
+    return out.view(batch, n_points, groups, n_points).permute(2, 0, 1, 3)
 
 
 def center(fd: torch.Tensor, mode: str) -> torch.Tensor:
@@ -132,25 +138,21 @@ def correspondence_loss(feats, feats_pos, code, code_pos, cfg: LossConfig, draws
     """
     neg, batch = draws.perms.shape
     groups = neg + 2
-    points = draws.coords1.shape[1] * draws.coords1.shape[2]
-    own = torch.arange(batch, device=feats.device).repeat_interleave(points)
-    coords1 = draws.coords1.reshape(-1, 2)
-    coords2 = draws.coords2.reshape(-1, 2)
-    # The anchor's points (own image, coords1) then each random draw's (image perms[n, b], coords2 of b).
-    images = torch.cat([own, draws.perms.repeat_interleave(points, dim=1).reshape(-1)])
-    coords = torch.cat([coords1, coords2.repeat(neg, 1)])
+    n_points = draws.coords1.shape[1] * draws.coords1.shape[2]
+    own = torch.arange(batch, device=feats.device)
+    # Per image b, in order: its own points (coords1), its KNN partner's (image B + b of cat([maps, maps_pos]),
+    # coords2), then each random draw's (image perms[n, b], coords2 of b).
+    images = torch.stack([own, own + batch, *draws.perms], dim=1)
+    coords = torch.stack([draws.coords1] + [draws.coords2] * (groups - 1), dim=1)
+    images = images.repeat_interleave(n_points, dim=1).reshape(-1)
+    coords = coords.reshape(-1, 2)
 
     def points_of(maps, maps_pos):
-        on_batch = sample_points(maps, images, coords).reshape(neg + 1, batch, points, -1)
-        knn = sample_points(maps_pos, own, coords2).reshape(1, batch, points, -1)
-        anchor = on_batch[:1]
-        partners = torch.cat([anchor, knn, on_batch[1:]]).reshape(groups * batch, points, -1)
-        return anchor.expand(groups, -1, -1, -1).reshape(groups * batch, points, -1), partners
+        return sample_points(torch.cat([maps, maps_pos]), images, coords).view(batch, groups, n_points, -1)
 
     with torch.no_grad():
-        fd = correlation(*points_of(feats.detach(), feats_pos.detach())).unflatten(0, (groups, batch))
-        fd = center(fd, cfg.pointwise)
-    cd = correlation(*points_of(code, code_pos)).unflatten(0, (groups, batch))
+        fd = center(correlation(points_of(feats.detach(), feats_pos.detach())), cfg.pointwise)
+    cd = correlation(points_of(code, code_pos))
 
     shift = torch.tensor([cfg.b_self, cfg.b_knn] + [cfg.b_rand] * neg, dtype=fd.dtype, device=fd.device)
     clamped = cd
