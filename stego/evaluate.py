@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import build
+from .analysis import analyze_run
 from .config import Config, from_dict, with_overrides
 from .io import atomic_save_json
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
@@ -142,7 +143,8 @@ def released_for_eval(path: Path, cfg: Config | None, trusted: bool, overrides=(
 
 def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, split: str = "val",
              crf: bool | None = None, overrides=()) -> dict:
-    """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`."""
+    """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`, then the
+    correspondence diagnostics beside it (stego.analysis; the record's "analysis" section names their files)."""
     started = time.perf_counter()
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
     device = pick_device(cfg.train.device)
@@ -152,6 +154,9 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     record = {"kind": "eval", "name": cfg.name, "config": cfg.to_dict(), "checkpoint": str(checkpoint),
               "split": split, "metrics": metrics, "seconds": time.perf_counter() - started,
               "versions": versions(), "git_commit": git_commit(), "seed": cfg.train.seed}
+    atomic_save_json(record, out_path)
+    record["analysis"] = analyze_run(model, backbone, dataset, cfg, metrics, out_path, checkpoint,
+                                     crf="cluster_crf" in metrics)
     atomic_save_json(record, out_path)
     log.info("%s: cluster mIoU %.1f acc %.1f | linear mIoU %.1f acc %.1f%s", cfg.name,
              100 * metrics["cluster"]["miou"], 100 * metrics["cluster"]["accuracy"],

@@ -34,7 +34,7 @@ def overlay(image: np.ndarray, label: np.ndarray, n: int, alpha: float = 0.5) ->
 def save_figure(fig, path) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
