@@ -166,6 +166,16 @@ def register_backbone(spec_or_name: BackboneSpec | str, factory: Callable[..., n
     _FACTORIES[spec.name] = factory
 
 
+def _filterbank(weights=None, weights_dir=None) -> nn.Module:
+    """The built-in weightless colour/texture featurizer of synthetic scenes (stego/filterbank.py), imported lazily."""
+    from .filterbank import build_filterbank
+
+    return build_filterbank(weights=weights, weights_dir=weights_dir)
+
+
+register_backbone("filterbank", _filterbank)
+
+
 def build_backbone(name: str, weights=None, weights_dir=None) -> Backbone:
     """Build a frozen backbone by name.
 

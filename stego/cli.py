@@ -52,16 +52,9 @@ def _train(args) -> int:
 
     cfg = _config(args)
     out = Path(args.out or Path("runs") / cfg.name)
-    validate = None
-    if cfg.train.val_every:
-        from . import build
-        from .evaluate import evaluate
+    from .evaluate import validator
 
-        val = build.val_dataset(cfg)
-
-        def validate(model, backbone):
-            return evaluate(model, backbone, val, cfg, crf=False, desc="val")["cluster"]["miou"]
-    path = train(cfg, out, resume=args.resume, validate=validate)
+    path = train(cfg, out, resume=args.resume, validate=validator(cfg))
     print(f"checkpoint: {path}")
     return 0
 
@@ -87,12 +80,28 @@ def _predict(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, overrides=args.overrides, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
 def _presets(args) -> int:
     from .config import list_presets, load_config
 
     for name in list_presets():
         cfg = load_config(name)
         print(f"{name:28s} follows {cfg.follows:8s} {cfg.data.dataset:13s} {cfg.model.backbone:12s} dim {cfg.model.dim}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import build_reports
+
+    pages = build_reports(args.results, args.out)
+    print(f"{len(pages) - 1} report(s): {pages[0]}")
     return 0
 
 
@@ -104,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("smoke", help="a few training steps of the core on random inputs (no downloads)")
     p.add_argument("--steps", type=int, default=5)
     p.set_defaults(func=_smoke)
+
+    p = sub.add_parser("demo", help="the whole method on synthetic scenes in a few minutes on a CPU (no downloads)")
+    p.add_argument("--out", default="stego-demo", help="output folder (default ./stego-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides of the synthetic_demo preset")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("presets", help="list the configuration presets")
     p.set_defaults(func=_presets)
@@ -133,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("report", help="markdown reports and figures from run records (benchmark and eval)")
+    p.add_argument("results", help="folder holding the run records (searched recursively)")
+    p.add_argument("--out", help="report folder (default RESULTS/report)")
+    p.set_defaults(func=_report)
+
+    from . import sweep
     from .data import check, fivecrop, knn, synthetic
+
+    sweep.add_cli(sub)
 
     check.add_cli(sub)
     group = check.data_subparsers(sub)

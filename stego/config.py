@@ -4,6 +4,7 @@ A preset is a YAML mapping of sections (data, model, loss, train, eval) to field
 the dataclass default. Overrides use dotted keys (`loss.b_rand=0.3`, `train.iterations=100`) and YAML values.
 """
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,11 +106,35 @@ def from_dict(values: dict, source: str = "config") -> Config:
         if unknown:
             raise StegoError(f"{source}: unknown key(s) {', '.join(name + '.' + k for k in unknown)}; "
                              f"valid keys of '{name}': {', '.join(sorted(known))}")
-        sections[name] = cls(**given)
+        try:
+            sections[name] = cls(**{k: _coerce(cls, name, k, v, source) for k, v in given.items()})
+        except (TypeError, ValueError) as err:
+            if isinstance(err, StegoError):
+                raise
+            raise StegoError(f"{source}: section '{name}': {err}") from None
     if values:
         raise StegoError(f"{source}: unknown section(s) {', '.join(sorted(values))}; "
                          f"valid: name, follows, {', '.join(SECTIONS)}")
     return Config(**top, **sections)
+
+
+YAML_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _coerce(cls, section: str, key: str, value, source: str):
+    """Check one value against its field's type; YAML-1.1 words (on/off/yes/no) become booleans only for bools."""
+    kind = typing.get_type_hints(cls)[key]
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in YAML_WORDS:
+            return YAML_WORDS[value.lower()]
+        if not isinstance(value, bool):
+            raise StegoError(f"{source}: {section}.{key} must be true or false, got {value!r}")
+    elif kind is str and isinstance(value, bool):
+        raise StegoError(f"{source}: {section}.{key} is text but YAML read a boolean (off/on/yes/no are booleans "
+                         f"in YAML): quote it, e.g. {section}.{key}: \"off\"")
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def list_presets() -> list[str]:
@@ -128,9 +153,12 @@ def preset_path(name_or_path: str) -> Path:
 
 
 def parse_override(text: str) -> tuple[str, object]:
+    """`section.key=value` → (key, value parsed as YAML; on/off/yes/no stay words, typed by their field later)."""
     if "=" not in text:
         raise StegoError(f"override {text!r} must look like section.key=value, e.g. loss.b_rand=0.3")
     key, raw = text.split("=", 1)
+    if raw.strip().lower() in YAML_WORDS:
+        return key.strip(), raw.strip()
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 

@@ -101,6 +101,14 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     return metrics
 
 
+def validator(cfg: Config):
+    """validate(model, backbone) -> validation cluster mIoU without CRF, when the config validates during training."""
+    if not cfg.train.val_every:
+        return None
+    val = build.val_dataset(cfg)
+    return lambda model, backbone: evaluate(model, backbone, val, cfg, crf=False, desc="val")["cluster"]["miou"]
+
+
 def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, overrides=()):
     """(config, model, backbone) from this suite's checkpoint or an authors' released .ckpt.
 
@@ -113,6 +121,7 @@ def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, 
         return released_for_eval(path, cfg, trusted, overrides)
     state = load_checkpoint(path)
     cfg = cfg or with_overrides(from_dict(state["config"], source=str(path)), list(overrides))
+    torch.manual_seed(cfg.train.seed)  # the same random-init backbone as in training (tests, toy runs)
     backbone = build.backbone_for(cfg)
     model = build.model_for(cfg, state["in_dim"], state["n_classes"])
     model.load_state_dict(state["model"])

@@ -3,7 +3,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm

@@ -55,19 +55,53 @@ class ResumableBatches(Sampler):
             yield [(int(i), epoch) for i in order[first:first + self.batch]]
 
 
-class EpochPairs(Dataset):
-    """KNN pairs addressed by (index, epoch), so loader workers draw the partners of the right epoch."""
+class ByEpoch(Dataset):
+    """Items addressed by (index, epoch), so loader workers draw the KNN partners of the right epoch."""
 
-    def __init__(self, pairs):
-        self.pairs = pairs
+    def __init__(self, data):
+        self.data = data
 
     def __len__(self):
-        return len(self.pairs)
+        return len(self.data)
 
     def __getitem__(self, key):
         index, epoch = key
-        self.pairs.set_epoch(epoch)
-        return self.pairs[index]
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+        return self.data[index]
+
+
+def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool):
+    """One iteration: one backbone forward for anchors and partners, the three loss terms, both probes."""
+    img = batch["img"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    images = torch.cat([img, batch["img_pos"].to(device, non_blocking=True)]) if distil else img
+    with autocast(device):
+        feats = backbone(images)
+    teacher, code = model(feats.float())
+    b = img.shape[0]
+    out = loss_fn(teacher[:b], teacher[b:], code[:b], code[b:], generator=generator) if distil else None
+    detached = code[:b].detach()
+    linear_loss = model.linear_probe.loss(detached, label)
+    cluster_loss = model.cluster_probe.loss(detached)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total = linear_loss + cluster_loss + (out.total if distil else 0)
+    total.backward()
+    average_gradients(list(model.parameters()))
+    for opt in optimizers:
+        opt.step()
+    return out, linear_loss, cluster_loss
+
+
+def log_row(it: int, out, linear_loss, cluster_loss, seconds: float) -> dict:
+    row = {"iteration": it, "linear_loss": linear_loss.item(), "cluster_loss": cluster_loss.item(),
+           "seconds": round(seconds, 3)}
+    if out is not None:
+        row.update(loss=out.total.item(), loss_self=out.self_loss.item(), loss_knn=out.knn_loss.item(),
+                   loss_rand=out.rand_loss.item(), corr_self=out.corr_self.item(), corr_knn=out.corr_knn.item(),
+                   corr_rand=out.corr_rand.item())
+    return row
 
 
 def save_checkpoint(path: Path, model, optimizers, iteration: int, cfg: Config, extra: dict | None = None) -> None:
@@ -153,9 +187,6 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     torch.manual_seed(t.seed)  # a random-init backbone (tests, smoke runs) must be the same after a resume
     backbone = build.backbone_for(cfg).to(device)
     dataset = build.train_dataset(cfg)
-    table = build.knn_table(cfg, backbone, dataset)
-    from .data.pairs import KnnPairs
-    pairs = EpochPairs(KnnPairs(dataset, table, cfg.data.num_neighbors, seed=t.seed))
     n_classes = dataset.n_classes
     if not n_classes:
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
@@ -163,8 +194,15 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     model = build.model_for(cfg, backbone.dim, n_classes).to(device)
     optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
                   torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
-    if list(model.head.parameters()):  # projection 'none' (raw-feature baselines) has nothing to train
+    # Projection 'none' (raw-feature baselines) has no head to distil into: no KNN table, no partner forward.
+    distil = bool(list(model.head.parameters()))
+    if distil:
         optimizers.append(torch.optim.Adam(model.head.parameters(), lr=t.lr))
+        from .data.pairs import KnnPairs
+
+        source = ByEpoch(KnnPairs(dataset, build.knn_table(cfg, backbone, dataset), cfg.data.num_neighbors, t.seed))
+    else:
+        source = ByEpoch(dataset)
     best = {"miou": float("-inf"), "iteration": None}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -174,7 +212,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         log.info("resuming %s at iteration %d of %d", out, start, t.iterations)
     loss_fn = CorrespondenceLoss(cfg.loss)
     stop = min(t.iterations, stop_at) if stop_at is not None else t.iterations
-    loader = DataLoader(pairs, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
+    loader = DataLoader(source, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
     log_path = out / "train_log.csv"
     hist_path = out / HISTOGRAMS
@@ -195,34 +233,14 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         for batch in tqdm(loader, total=len(loader.batch_sampler), desc="train", disable=rank != 0,
                           dynamic_ncols=True):
             torch.manual_seed(iteration_seed(t.seed, it))
-            draws_gen = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
-            img = batch["img"].to(device, non_blocking=True)
-            img_pos = batch["img_pos"].to(device, non_blocking=True)
-            label = batch["label"].to(device, non_blocking=True)
-            with autocast(device):
-                feats = backbone(torch.cat([img, img_pos]))
-            feats = feats.float()
-            teacher, code = model(feats)
-            b = img.shape[0]
-            out_loss = loss_fn(teacher[:b], teacher[b:], code[:b], code[b:], generator=draws_gen)
-            detached = code[:b].detach()
-            linear_loss = model.linear_probe.loss(detached, label)
-            cluster_loss = model.cluster_probe.loss(detached)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            (out_loss.total + linear_loss + cluster_loss).backward()
-            average_gradients(list(model.parameters()))
-            for opt in optimizers:
-                opt.step()
+            generator = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
+            out_loss, linear_loss, cluster_loss = train_step(batch, backbone, model, loss_fn, optimizers, device,
+                                                             generator, distil)
             it += 1
             if writer and (it % t.log_every == 0 or it == stop):
-                writer.writerow({"iteration": it, "loss": out_loss.total.item(), "loss_self": out_loss.self_loss.item(),
-                                 "loss_knn": out_loss.knn_loss.item(), "loss_rand": out_loss.rand_loss.item(),
-                                 "corr_self": out_loss.corr_self.item(), "corr_knn": out_loss.corr_knn.item(),
-                                 "corr_rand": out_loss.corr_rand.item(), "linear_loss": linear_loss.item(),
-                                 "cluster_loss": cluster_loss.item(), "seconds": round(time.perf_counter() - began, 3)})
+                writer.writerow(log_row(it, out_loss, linear_loss, cluster_loss, time.perf_counter() - began))
                 log_file.flush()
-            if rank == 0 and t.hist_every and (it % t.hist_every == 0 or it == stop):
+            if rank == 0 and distil and t.hist_every and (it % t.hist_every == 0 or it == stop):
                 histograms.append(correlation_histograms(it, out_loss.code_corr))
                 atomic_save_json(histograms, hist_path)
             if validate and t.val_every and it % t.val_every == 0:

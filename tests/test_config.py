@@ -56,3 +56,14 @@ def test_unknown_keys_sections_and_presets_are_named():
         load_config("cocostuff27_release", ["loss.b_rand"])
     with pytest.raises(ValueError, match="pointwise"):
         load_config("cocostuff27_release", ["loss.pointwise=both"])
+
+
+def test_yaml_words_are_typed_by_their_field():
+    cfg = load_config("cocostuff27_release", ["loss.pointwise=off", "loss.zero_clamp=off", "eval.crf=yes"])
+    assert cfg.loss.pointwise == "off" and cfg.loss.zero_clamp is False and cfg.eval.crf is True
+    with pytest.raises(StegoError, match="quote it"):
+        from_dict({"loss": {"pointwise": False}})
+    with pytest.raises(StegoError, match="true or false"):
+        load_config("cocostuff27_release", ["loss.zero_clamp=maybe"])
+    with pytest.raises(StegoError, match="section 'loss'.*pointwise"):
+        from_dict({"loss": {"pointwise": "both"}})

@@ -1,5 +1,4 @@
 """The correspondence loss against a float64 brute-force double loop, and the direction of its gradient."""
-import itertools
 
 import numpy as np
 import pytest

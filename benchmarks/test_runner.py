@@ -1,0 +1,149 @@
+"""The harness itself: tolerance checks, shared training folders, toy mapping, missing inputs, record reuse."""
+import json
+
+import pytest
+
+from benchmarks import runner, toy
+from benchmarks.registry import Row, paper, row, rows
+from stego.errors import MissingFileError, StegoError
+from tests.fixtures import write_cocostuff
+
+RUN_ROWS = [r for r in rows() if not r.cited]
+
+
+def toy_row(**tolerance):
+    return Row("table9", "toy row", "stego", paper(48.3, 24.5, None, None), "cocostuff27_vits8_paper",
+               tolerance=tolerance)
+
+
+def test_compare_checks_each_printed_number_against_its_tolerance():
+    r = toy_row(cluster_acc=5.0, cluster_miou=3.0, linear_acc=2.0)
+    out = runner.compare(r, {"cluster_acc": 53.3, "cluster_miou": 21.4, "linear_acc": 10.0, "linear_miou": 1.0})
+    assert sorted(out) == ["cluster_acc", "cluster_miou"]  # the paper prints no linear numbers for this row
+    assert out["cluster_acc"]["within"] is True and out["cluster_acc"]["diff"] == pytest.approx(5.0)
+    assert out["cluster_miou"]["within"] is False and out["cluster_miou"]["diff"] == pytest.approx(-3.1)
+    record = {"comparison": out}
+    assert runner.failures(record) == ["cluster_miou: measured 21.4, paper 24.5 (diff -3.1, tolerance ±3.0)"]
+    toy_out = runner.compare(r, {"cluster_acc": 0.0, "cluster_miou": 0.0, "linear_acc": 0, "linear_miou": 0},
+                             checked=False)
+    assert {c["within"] for c in toy_out.values()} == {None}
+
+
+def test_measured_numbers_are_percent_and_follow_the_crf_setting():
+    metrics = {"cluster": {"accuracy": 0.5, "miou": 0.25}, "linear": {"accuracy": 0.75, "miou": 0.4},
+               "cluster_crf": {"accuracy": 0.55, "miou": 0.3}, "linear_crf": {"accuracy": 0.8, "miou": 0.45}}
+    assert runner.measured_from(metrics, crf=False) == pytest.approx(
+        {"cluster_acc": 50.0, "cluster_miou": 25.0, "linear_acc": 75.0, "linear_miou": 40.0})
+    assert runner.measured_from(metrics, crf=True) == pytest.approx(
+        {"cluster_acc": 55.0, "cluster_miou": 30.0, "linear_acc": 80.0, "linear_miou": 45.0})
+
+
+def folder(table, name, seed=0, scale="paper", tmp="res"):
+    r = row(table, name)
+    return runner.train_dir_for(tmp, runner.row_config(r, scale, seed, "toy-root" if scale == "toy" else None))
+
+
+@pytest.mark.parametrize("scale", ["paper", "toy"])
+def test_rows_that_differ_only_in_evaluation_share_one_training(scale):
+    assert folder("table5", "full", scale=scale) == folder("table5", "no CRF", scale=scale)
+    assert folder("table5", "full", scale=scale) == folder("table2", "ViT-S +CRF", scale=scale)
+    assert folder("table1", "STEGO", scale=scale) == folder("table2", "ViT-B clamp+crop+SC", scale=scale)
+    assert folder("table2", "ViT-S +5-crop", scale=scale) == folder("table5", "no pointwise (SC)", scale=scale)
+    assert folder("table5", "full", scale=scale) != folder("table5", "no 5-crop", scale=scale)
+    assert folder("table5", "full", scale=scale) != folder("table5", "full", seed=1, scale=scale)
+
+
+@pytest.mark.parametrize("r", RUN_ROWS, ids=lambda r: f"{r.table}-{r.slug}")
+def test_toy_config_keeps_the_rows_switches_and_maps_its_backbone(r):
+    full = r.config()
+    small = runner.row_config(r, "toy", 3, "toy-root")
+    for section, keys in {"loss": ("zero_clamp", "pointwise", "stabilize", "lambda_self", "lambda_knn", "lambda_rand",
+                                   "b_self", "b_knn", "b_rand"),
+                          "data": ("crop", "crop_ratio", "num_neighbors"), "model": ("projection",),
+                          "eval": ("crf",)}.items():
+        for key in keys:
+            assert getattr(getattr(small, section), key) == getattr(getattr(full, section), key), f"{section}.{key}"
+    assert small.model.backbone == toy.BACKBONE_MAP[full.model.backbone]
+    assert (small.data.dataset, small.data.root, small.train.seed, small.train.device) == ("synthetic", "toy-root",
+                                                                                          3, "cpu")
+
+
+def test_missing_inputs_are_one_line_errors_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEGO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("STEGO_OFFLINE", "1")
+    empty = tmp_path / "empty"
+    with pytest.raises(MissingFileError, match=str(empty / "cocostuff")) as err:
+        runner.run_row(row("table5", "no 5-crop"), "paper", 0, tmp_path / "res", data_root=empty)
+    assert "\n" not in str(err.value)
+    write_cocostuff(tmp_path / "data")
+    with pytest.raises(MissingFileError, match="cocostuff27_five_crop_0.5.*stego data fivecrop"):
+        runner.run_row(row("table5", "full"), "paper", 0, tmp_path / "res", data_root=tmp_path / "data")
+    with pytest.raises(MissingFileError, match="dino_deitsmall8_300ep_pretrain.pth"):  # whole images: weights next
+        runner.run_row(row("table5", "no 5-crop"), "paper", 0, tmp_path / "res", data_root=tmp_path / "data")
+    with pytest.raises(MissingFileError, match=r"saved_models/cocostuff27_vit_base_5\.ckpt.*blob\.core"):
+        runner.run_row(row("rerun", "CocoStuff-27 released ViT-B/8"), "paper", 0, tmp_path / "res",
+                       data_root=tmp_path / "data", release_dir=tmp_path / "saved_models")
+    assert not (tmp_path / "res").exists(), "nothing is written before the inputs are there"
+
+
+def test_cited_rows_write_a_record_without_running(tmp_path):
+    r = row("table4", "IIC")
+    record = runner.run_row(r, "paper", 0, tmp_path)
+    saved = json.loads(runner.record_path(tmp_path, r, 0).read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["cited"] and saved["measured_values"] is None and saved["paper"]["cluster_acc"] == 65.1
+    assert saved["comparison"]["cluster_acc"]["within"] is None
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rows_can_be_run_by_plain_names(tmp_path):
+    record = runner.run_named("table1", "picie-plus-h", "paper", 2, str(tmp_path))
+    assert (record["row"], record["seed"]) == ("PiCIE+H", 2)
+    assert runner.record_path(tmp_path, row("table1", "PiCIE+H"), 2).is_file()
+    with pytest.raises(ValueError, match="no row"):
+        runner.run_named("table1", "nonsense", "paper", 0, str(tmp_path))
+
+
+def test_a_record_of_another_scale_is_an_error(tmp_path):
+    r = row("table3", "PiCIE")
+    runner.run_row(r, "paper", 0, tmp_path)
+    with pytest.raises(StegoError, match="paper-scale record"):
+        runner.run_row(r, "toy", 0, tmp_path)
+
+
+def test_table6_record_is_written(tmp_path):
+    saved = json.loads(runner.write_table6(tmp_path).read_text())
+    presets = {r["preset"]: r for r in saved["rows"]}
+    assert presets["cityscapes27_release"]["lambda_rand"] == pytest.approx(0.9059)
+    assert presets["cocostuff27_paper"]["paper"]["b_knn"] == pytest.approx(0.2)
+
+
+def test_a_paper_scale_row_runs_end_to_end_on_a_tiny_dataset_in_the_real_layout(tmp_path):
+    """The paper-scale path (real reader, preset settings, records) on a 3-image CocoStuff and a tiny backbone."""
+    write_cocostuff(tmp_path / "data")
+    toy.register_toy_backbones()
+    tiny = ("model.backbone=toy_vit", "model.weights=random", "model.dim=4", "data.crop=none", "data.res=32",
+            "data.workers=0", "data.knn_k=3", "data.num_neighbors=2", "loss.feature_samples=3",
+            "loss.neg_samples=2", "train.batch_size=2", "train.iterations=2", "train.device=cpu",
+            "eval.res=32", "eval.crf=false", "eval.batch_size=2")
+    r = Row("table9", "tiny cocostuff", "stego", paper(50.0), "cocostuff27_vits8_paper", overrides=tiny,
+            tolerance={"cluster_acc": 100.0})
+    record = runner.run_row(r, "paper", 0, tmp_path / "res", data_root=tmp_path / "data",
+                            overrides=("eval.batch_size=1",))
+    assert record["config"]["data"]["root"] == str(tmp_path / "data") and record["metrics"]["images"] == 2
+    assert record["config"]["eval"]["batch_size"] == 1 and record["run_overrides"] == ["eval.batch_size=1"]
+    assert record["comparison"]["cluster_acc"]["within"] is True and record["checkpoint_selection"] == "last"
+    assert (tmp_path / "res" / "table9" / "tiny-cocostuff" / "seed0" / "record.json").is_file()
+
+
+def test_selection_on_validation_trains_apart_and_says_so(tmp_path):
+    root = toy.make_toy_data(tmp_path / "toy")
+    r = row("table3", "STEGO")
+    last = runner.run_row(r, "toy", 0, tmp_path / "a", data_root=root)
+    best = runner.run_row(r, "toy", 0, tmp_path / "b", data_root=root, select_on_val=True)
+    assert last["checkpoint_selection"] == "last" and best["checkpoint"].endswith("best.pt")
+    assert best["checkpoint_selection"] == "best validation cluster mIoU"
+    assert best["config"]["train"]["select_on_val"] and best["config"]["train"]["val_every"] == toy.VAL_EVERY
+    assert runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root)) != \
+        runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root, select_on_val=True))
