@@ -132,8 +132,14 @@ def _coerce(cls, section: str, key: str, value, source: str):
     elif kind is str and isinstance(value, bool):
         raise StegoError(f"{source}: {section}.{key} is text but YAML read a boolean (off/on/yes/no are booleans "
                          f"in YAML): quote it, e.g. {section}.{key}: \"off\"")
-    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    elif kind in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            number = kind(value)  # YAML reads 1e-4 (no dot) as text
+        except ValueError:
+            raise StegoError(f"{source}: {section}.{key} must be a number, got {value!r}") from None
+        if kind is int and number != float(value):
+            raise StegoError(f"{source}: {section}.{key} must be a whole number, got {value!r}")
+        return number
     return value
 
 

@@ -67,3 +67,12 @@ def test_yaml_words_are_typed_by_their_field():
         load_config("cocostuff27_release", ["loss.zero_clamp=maybe"])
     with pytest.raises(StegoError, match="section 'loss'.*pointwise"):
         from_dict({"loss": {"pointwise": "both"}})
+
+
+def test_numbers_are_typed_by_their_field():
+    cfg = load_config("cocostuff27_release", ["train.lr=1e-4", "train.iterations=20", "loss.b_rand=1"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.loss.b_rand, float) and cfg.train.iterations == 20
+    with pytest.raises(StegoError, match="number"):
+        load_config("cocostuff27_release", ["train.lr=fast"])
+    with pytest.raises(StegoError, match="whole number"):
+        load_config("cocostuff27_release", ["train.iterations=2.5"])
