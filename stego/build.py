@@ -18,7 +18,15 @@ def reader_name(cfg: Config) -> str:
 
 
 def reader_options(cfg: Config) -> dict:
-    return {"n_classes": cfg.data.n_classes} if reader_name(cfg) == "imagefolder" and cfg.data.n_classes else {}
+    """Image folders take their class count from data.n_classes, else from ROOT/classes.txt (crops need it too)."""
+    if reader_name(cfg) != "imagefolder":
+        return {}
+    if cfg.data.n_classes:
+        return {"n_classes": cfg.data.n_classes}
+    classes = Path(cfg.data.root) / "classes.txt"
+    if classes.is_file():
+        return {"n_classes": sum(1 for line in classes.read_text().splitlines() if line.strip())}
+    return {}
 
 
 def backbone_for(cfg: Config, state_dict=None):

@@ -194,10 +194,14 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     model = build.model_for(cfg, backbone.dim, n_classes).to(device)
     optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
                   torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
-    # Projection 'none' (raw-feature baselines) has no head to distil into: no KNN table, no partner forward.
-    distil = bool(list(model.head.parameters()))
+    # Nothing to distil (projection 'none', lr 0 or every λ 0: raw-feature baselines, the untrained-head
+    # reference): the head keeps its initial weights and no KNN table or partner forward is needed.
+    head_params = list(model.head.parameters())
+    lambdas = (cfg.loss.lambda_self, cfg.loss.lambda_knn, cfg.loss.lambda_rand)
+    distil = bool(head_params) and t.lr > 0 and any(lambdas)
+    if head_params:
+        optimizers.append(torch.optim.Adam(head_params, lr=t.lr))
     if distil:
-        optimizers.append(torch.optim.Adam(model.head.parameters(), lr=t.lr))
         from .data.pairs import KnnPairs
 
         source = ByEpoch(KnnPairs(dataset, build.knn_table(cfg, backbone, dataset), cfg.data.num_neighbors, t.seed))

@@ -102,3 +102,16 @@ def test_code_correlation_histograms_count_every_sampled_pair(scenes, tmp_path):
     for h in hists:
         assert sum(h["self"]) == sum(h["knn"]) == pairs and sum(h["rand"]) == cfg.loss.neg_samples * pairs
         assert sum(h["self"][h["bins"] // 2:]) > 0
+
+
+def test_untrained_head_reference_keeps_the_initial_head_and_mines_nothing(tmp_path):
+    root = make_scenes(tmp_path / "scenes", SceneSpec(n_train=8, n_val=2, size=48), seed=4)
+    trained = load_checkpoint(train(tiny(root, iterations=2, batch_size=4), tmp_path / "a"))["model"]
+    assert (root / "nns").is_dir()
+    root2 = make_scenes(tmp_path / "scenes2", SceneSpec(n_train=8, n_val=2, size=48), seed=4)
+    frozen = load_checkpoint(train(tiny(root2, iterations=2, batch_size=4, lr=0.0), tmp_path / "b"))["model"]
+    assert not (root2 / "nns").exists()
+    assert not torch.equal(trained["head.linear.weight"], frozen["head.linear.weight"])
+    init = load_checkpoint(train(tiny(root2, iterations=1, batch_size=4, lr=0.0), tmp_path / "c"))["model"]
+    assert torch.equal(init["head.linear.weight"], frozen["head.linear.weight"])
+    assert not torch.equal(init["cluster_probe.clusters"], frozen["cluster_probe.clusters"])
