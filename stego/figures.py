@@ -57,20 +57,25 @@ def qualitative_grid(rows: list[dict], n_classes: int, path, columns=("image", "
 
 
 def training_curves(log_csv, path) -> None:
-    """Loss terms and mean code correlations (self / KNN / random) over iterations: the balance read-out."""
+    """Loss terms and mean code correlations (self / KNN / random) over iterations: the balance read-out.
+
+    Runs with nothing to distil (raw-feature baselines) log only the probe losses; their panels say so.
+    """
     with open(log_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    it = [int(r["iteration"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in ("loss", "loss_self", "loss_knn", "loss_rand"):
-        ax1.plot(it, [float(r[key]) for r in rows], label=key)
-    ax1.set_xlabel("iteration")
-    ax1.set_title("loss terms")
-    ax1.legend(fontsize=7)
-    for key in ("corr_self", "corr_knn", "corr_rand"):
-        ax2.plot(it, [float(r[key]) for r in rows], label=key.replace("corr_", ""))
+    panels = ((ax1, "loss terms", ("loss", "loss_self", "loss_knn", "loss_rand", "linear_loss", "cluster_loss")),
+              (ax2, "mean code correlation", ("corr_self", "corr_knn", "corr_rand")))
+    for ax, title, keys in panels:
+        for key in keys:
+            points = [(int(r["iteration"]), float(r[key])) for r in rows if r.get(key)]
+            if points:
+                ax.plot(*zip(*points), label=key.replace("corr_", ""))
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no correspondence loss in this run", ha="center", va="center", fontsize=8)
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.set_xlabel("iteration")
-    ax2.set_title("mean code correlation")
-    ax2.legend(fontsize=7)
     save_figure(fig, Path(path))
