@@ -28,7 +28,7 @@ SETTINGS = {
     "data.dataset": "synthetic", "data.res": 32, "data.workers": 0, "data.knn_k": 8, "data.n_classes": SPEC.n_classes,
     "model.weights": "random", "loss.feature_samples": 5,
     "train.batch_size": 4, "train.iterations": 3, "train.checkpoint_every": 1000, "train.log_every": 1,
-    "train.hist_every": 0, "train.val_every": 0, "train.device": "cpu",
+    "train.hist_every": 1, "train.val_every": 0, "train.device": "cpu",
     "eval.res": 32, "eval.batch_size": 4, "eval.crf_workers": 0, "eval.max_images": 0,
 }
 """Sizes of a toy run; everything else comes from the row's config."""
