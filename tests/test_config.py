@@ -28,7 +28,7 @@ def test_presets_carry_the_protocol_values(name):
 
 def test_every_preset_loads():
     names = list_presets()
-    assert "synthetic_demo" in names or len(names) >= 7
+    assert "synthetic_demo" in names and len(names) >= 8
     for name in names:
         assert load_config(name).name
 
