@@ -52,7 +52,7 @@ def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     meta = knn_meta(cfg.model.backbone, cfg.model.weights or None, name, split, crops, cfg.data.res)
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
-    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k)
+    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=cfg.data.workers)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

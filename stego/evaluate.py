@@ -71,13 +71,14 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     if crf:
         confusions.update({"cluster_crf": ConfusionMatrix(n_clusters, n_classes),
                            "linear_crf": ConfusionMatrix(n_classes, n_classes)})
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers,
+                        pin_memory=torch.device(device).type == "cuda")
     model.eval()
     timings = {"network": 0.0, "crf": 0.0}
     pool = crf_pool(cfg) if crf else None
     try:
         for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
-            images = batch["img"].to(device)
+            images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
             cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])

@@ -63,8 +63,7 @@ class LossOutput:
 def derangement_perm(n: int, generator=None, device=None) -> torch.Tensor:
     """The release's `super_perm`: a random permutation whose fixed points are moved up by one, modulo n."""
     perm = torch.randperm(n, generator=generator, device=device)
-    perm[perm == torch.arange(n, device=device)] += 1
-    return perm % n
+    return (perm + (perm == torch.arange(n, device=device))) % n
 
 
 def draw_samples(batch: int, cfg: LossConfig, generator=None, device=None) -> Draws:
@@ -154,7 +153,8 @@ def correspondence_loss(feats, feats_pos, code, code_pos, cfg: LossConfig, draws
         fd = center(correlation(points_of(feats.detach(), feats_pos.detach())), cfg.pointwise)
     cd = correlation(points_of(code, code_pos))
 
-    shift = torch.tensor([cfg.b_self, cfg.b_knn] + [cfg.b_rand] * neg, dtype=fd.dtype, device=fd.device)
+    shift = torch.full((groups,), cfg.b_rand, dtype=fd.dtype, device=fd.device)  # no host-to-device copy
+    shift[0], shift[1] = cfg.b_self, cfg.b_knn
     clamped = cd
     if cfg.zero_clamp or cfg.stabilize:
         clamped = cd.clamp(0.0 if cfg.zero_clamp else None, 0.8 if cfg.stabilize else None)

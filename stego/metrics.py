@@ -25,17 +25,20 @@ class ConfusionMatrix:
         """Add a batch of integer predictions and labels of the same shape."""
         if pred.shape != target.shape:
             raise StegoError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
-        pred = pred.reshape(-1).to("cpu", torch.int64)
-        target = target.reshape(-1).to("cpu", torch.int64)
-        keep = target != IGNORE
-        pred, target = pred[keep], target[keep]
-        if target.numel() and (target.min() < 0 or target.max() >= self.n_classes):
+        pred = pred.reshape(-1).to("cpu", torch.int64).numpy()
+        target = target.reshape(-1).to("cpu", torch.int64).numpy()
+        if not target.size:
+            return
+        if target.min() < IGNORE or target.max() >= self.n_classes:
+            kept = target[target != IGNORE]
             raise StegoError(f"label values must be in 0..{self.n_classes - 1} or {IGNORE} (ignore); "
-                             f"found {target.min().item()}..{target.max().item()}: check the dataset's class mapping")
-        if pred.numel() and (pred.min() < 0 or pred.max() >= self.n_pred):
-            raise StegoError(f"predictions must be in 0..{self.n_pred - 1}, found {pred.min().item()}..{pred.max().item()}")
-        flat = pred * self.n_classes + target
-        self.counts += torch.bincount(flat, minlength=self.n_pred * self.n_classes).reshape(self.n_pred, self.n_classes)
+                             f"found {kept.min()}..{kept.max()}: check the dataset's class mapping")
+        if pred.min() < 0 or pred.max() >= self.n_pred:
+            raise StegoError(f"predictions must be in 0..{self.n_pred - 1}, found {pred.min()}..{pred.max()}")
+        # ignore (-1) lands in column 0, which is dropped: no boolean selection over the pixels
+        width = self.n_classes + 1
+        counts = np.bincount(pred * width + (target - IGNORE), minlength=self.n_pred * width)
+        self.counts += torch.from_numpy(counts.reshape(self.n_pred, width)[:, 1:])
 
 
 def hungarian_match(counts: np.ndarray) -> np.ndarray:

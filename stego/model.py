@@ -71,9 +71,9 @@ class LinearProbe(nn.Module):
     def loss(self, code: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over labelled pixels, logits bilinearly upsampled to the label size."""
         logits = F.interpolate(self(code), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        if not (labels != IGNORE).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        # sum over labelled pixels ÷ their count (at least 1): the mean, or 0 when none, without asking the device
+        total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+        return total / (labels != IGNORE).sum().clamp(min=1)
 
 
 class Stego(nn.Module):

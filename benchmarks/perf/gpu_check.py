@@ -1,0 +1,470 @@
+"""One-command speed check of the whole pipeline on a GPU, on synthetic inputs and random-init weights:
+
+    python -m benchmarks.perf.gpu_check [--device cuda] [--out .benchmarks/gpu_check.json] [--tiny] [--threads N]
+
+Measures training iterations/s (`stego.train.train_step` with a real head, loss and probes; ViT-S/8 and ViT-B/8 at
+batch 32 and 224 in bf16 and fp32, plus the ResNet-50 and raw-feature rows the projections need), evaluation
+images/s at 320 with flip TTA (`stego.evaluate.predict_log_probs`), KNN features at 224 (`embed_dataset`) and
+top-k mining of 250,000 crops (`topk_cosine` on the device), and DenseCRF images/s with one worker per core.
+Each rate is printed next to its hardware bound where one exists (matmul FLOPs ÷ the device's measured matmul
+rate, in the stage's precision), then the projected wall time of each paper table's full run (the registry's
+rows × iterations ÷ it/s, plus KNN mining and evaluation). Everything goes to a JSON file, written atomically.
+Estimated at 2–3 minutes on one H100 (not yet run on one; the budget is 8 minutes). `--tiny` shrinks every size
+so the same code runs in well under a minute on a CPU (`test_gpu_check.py` runs it, so it cannot rot).
+"""
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import stego.evaluate
+import stego.train
+from benchmarks import runner
+from benchmarks.registry import REGISTRY, TABLES
+from stego.backbones import build_backbone
+from stego.config import TrainConfig
+from stego.crf import CrfPool, dense_crf
+from stego.data.knn import embed_dataset, topk_cosine
+from stego.io import atomic_save_json
+from stego.loss import CorrespondenceLoss, LossConfig
+from stego.model import Stego
+from stego.runtime import versions
+
+from .hardware import backbone_flops, device_name, load_average, matmul_rate, rate, synchronize, timed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one check measures: the paper's sizes by default, `TINY` for a CPU smoke run."""
+
+    batch: int = 32
+    train_res: int = 224
+    eval_res: int = 320
+    eval_batch: int = 8
+    embed_batch: int = 64
+    embed_batches: int = 10
+    knn_n: int = 250_000
+    knn_dim: int = 768
+    knn_k: int = 30
+    crf_res: int = 320
+    crf_per_worker: int = 2
+    n_classes: int = 27
+    min_seconds: float = 3.0
+    """Each rate is timed over at least this long (and at least `min_iters` calls) after `warmup` calls."""
+    warmup: int = 3
+    min_iters: int = 5
+    matmul_seconds: float = 1.0
+    max_crf_workers: int | None = None
+
+
+FULL = Sizes()
+TINY = Sizes(batch=2, train_res=32, eval_res=32, eval_batch=2, embed_batch=2, embed_batches=2, knn_n=2_000,
+             crf_res=48, crf_per_worker=1, min_seconds=0.0, warmup=1, min_iters=2, matmul_seconds=0.2,
+             max_crf_workers=2)
+
+BACKBONES = {"vit_s8": "dino_vits8", "vit_b8": "dino_vitb8", "r50": "r50_supervised"}
+"""Measured architectures and the random-init backbone that stands for each."""
+ARCH = {"dino_vits8": "vit_s8", "dino_vitb8": "vit_b8", "mocov2_r50": "r50", "r50_supervised": "r50"}
+"""Which measured architecture a registry row's backbone runs at (MoCo v2 is a ResNet-50)."""
+TRAIN_RUNS = [("vit_s8", "bf16", "stego"), ("vit_s8", "fp32", "stego"), ("vit_b8", "bf16", "stego"),
+              ("vit_b8", "fp32", "stego"), ("r50", "bf16", "stego"), ("vit_s8", "bf16", "raw"),
+              ("vit_b8", "bf16", "raw"), ("r50", "bf16", "raw")]
+"""(architecture, precision, kind) on CUDA: 'stego' trains head and probes on anchor + partner, 'raw' only the
+probes on the anchor's raw features (the baselines). bf16 is what training runs on CUDA; fp32 is for comparison."""
+
+
+TRAIN_ITEMS = {"cocostuff27": 49_629, "cityscapes27": 2_975, "potsdam3": 4_545}
+"""Training images per dataset (×5 with five-crop): COCO-Stuff's curated list (PROTOCOL §6), Cityscapes train,
+Potsdam labelled_train (IIC's split: 24 labelled tiles × 225, less 855 for test)."""
+VAL_ITEMS = {"cocostuff27": 2_175, "cityscapes27": 500, "potsdam3": 855}
+"""Evaluation images per dataset (PROTOCOL §6; Potsdam labelled_test)."""
+
+TARGETS = [{"stage": "train", "arch": "vit_b8", "precision": "bf16", "kind": "stego", "min_rate": 20.0,
+            "unit": "it/s", "card": "H100"}]
+"""Rates the performance issue asks for, checked only on the card they were set for."""
+TARGET_KEYS = ("stage", "arch", "precision", "kind")
+
+
+def product_precision(device) -> str:
+    """The precision stego's training and evaluation run in on this device: bf16 autocast on CUDA, else fp32."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def train_runs(device) -> list:
+    """TRAIN_RUNS on CUDA. On a CPU, where the product trains in fp32, every run in fp32, plus one bf16 run that
+    keeps the autocast path of this check exercised."""
+    if device.type == "cuda":
+        return TRAIN_RUNS
+    runs = list(dict.fromkeys((arch, "fp32", kind) for arch, _, kind in TRAIN_RUNS))
+    return runs + [("vit_s8", "bf16", "stego")]
+
+
+def arch_name(arch: str) -> str:
+    return {"vit_s8": "ViT-S/8", "vit_b8": "ViT-B/8", "r50": "ResNet-50"}[arch]
+
+
+@contextlib.contextmanager
+def precision(mode: str):
+    """Run stego's training and evaluation code in `mode`: 'bf16' autocast (what they use on CUDA) or 'fp32'.
+
+    Swaps the `autocast` those modules call for the duration (the product has no fp32 switch on CUDA). On a CPU,
+    'bf16' is CPU autocast, which the product itself never uses: there it only keeps this code path running.
+    """
+    def make(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+
+    saved = stego.train.autocast, stego.evaluate.autocast
+    stego.train.autocast = stego.evaluate.autocast = make
+    try:
+        yield
+    finally:
+        stego.train.autocast, stego.evaluate.autocast = saved
+
+
+def count_syncs(fn, device) -> dict | None:
+    """Host–device synchronisations made by one call of `fn` on CUDA (torch's sync debug mode), with where."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"count": len(found), "where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in found})}
+
+
+def synthetic_batch(sizes: Sizes, device, generator) -> dict:
+    """A training batch as the loader gives it: anchors, KNN partners, labels with some ignore pixels."""
+    shape = (sizes.batch, 3, sizes.train_res, sizes.train_res)
+    return {"img": torch.randn(shape, generator=generator).to(device),
+            "img_pos": torch.randn(shape, generator=generator).to(device),
+            "label": torch.randint(-1, sizes.n_classes, (sizes.batch, sizes.train_res, sizes.train_res),
+                                   generator=generator).to(device)}
+
+
+def bench_train(backbone, arch: str, mode: str, kind: str, sizes: Sizes, device, rates: dict) -> dict:
+    """Iterations/s of `train_step` for one architecture, precision and kind, against its matmul bound."""
+    torch.manual_seed(0)
+    raw = kind == "raw"
+    t = TrainConfig()
+    model = Stego(backbone.dim, 90, sizes.n_classes, "none" if raw else "nonlinear").to(device).train()
+    optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
+                  torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
+    if not raw:
+        optimizers.append(torch.optim.Adam(model.head.parameters(), lr=t.lr))
+    loss_fn = CorrespondenceLoss(LossConfig())
+    batch = synthetic_batch(sizes, device, torch.Generator().manual_seed(0))
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        stego.train.train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil=not raw)
+
+    with precision(mode):
+        per_s, calls = rate(step, device, sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
+        syncs = count_syncs(step, device)
+    images = sizes.batch * (1 if raw else 2)
+    flops = images * backbone_flops(backbone, sizes.train_res, sizes.train_res)
+    bound = rates[mode] / flops
+    return {"stage": "train", "arch": arch, "precision": mode, "kind": kind, "batch": sizes.batch,
+            "res": sizes.train_res, "rate": per_s, "unit": "it/s", "bound": bound, "iterations": calls,
+            "backbone_flops_per_iteration": flops, "anchor_images_per_s": per_s * sizes.batch,
+            "syncs_per_step": syncs,
+            "config": f"{arch_name(arch)} {mode} {kind} batch {sizes.batch} {sizes.train_res}²"}
+
+
+def bench_eval(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
+    """Images/s of `predict_log_probs` (flip TTA, upsampling, both probes) at the evaluation size, in the
+    product's precision."""
+    torch.manual_seed(0)
+    model = Stego(backbone.dim, 90, sizes.n_classes).to(device).eval()
+    shape = (sizes.eval_batch, 3, sizes.eval_res, sizes.eval_res)
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    size = (sizes.eval_res, sizes.eval_res)
+    mode = product_precision(device)
+    with precision(mode):
+        per_s, calls = rate(lambda: stego.evaluate.predict_log_probs(model, backbone, images, size), device,
+                            sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
+    flops = 2 * backbone_flops(backbone, sizes.eval_res, sizes.eval_res)
+    return {"stage": "eval", "arch": arch, "precision": mode, "res": sizes.eval_res, "batch": sizes.eval_batch,
+            "rate": per_s * sizes.eval_batch, "unit": "img/s", "bound": rates[mode] / flops, "batches": calls,
+            "backbone_flops_per_image": flops, "config": f"{arch_name(arch)} {mode} {sizes.eval_res}² flip TTA"}
+
+
+class _InMemory(Dataset):
+    """Synthetic normalised images held in memory: embedding speed without file decoding."""
+
+    def __init__(self, n: int, res: int):
+        self.images = torch.randn(n, 3, res, res, generator=torch.Generator().manual_seed(2))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"img": self.images[i]}
+
+
+def bench_embed(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
+    """Images/s of `embed_dataset` (KNN features: bf16 backbone on CUDA, pooled, normalised) from memory."""
+    data = _InMemory(sizes.embed_batch * sizes.embed_batches, sizes.train_res)
+    embed_dataset(backbone, torch.utils.data.Subset(data, range(sizes.embed_batch)), sizes.embed_batch, device)
+    seconds = timed(lambda: embed_dataset(backbone, data, sizes.embed_batch, device), device)
+    flops = backbone_flops(backbone, sizes.train_res, sizes.train_res)
+    mode = product_precision(device)
+    return {"stage": "embed", "arch": arch, "precision": mode, "res": sizes.train_res, "rate": len(data) / seconds,
+            "unit": "img/s", "bound": rates[mode] / flops, "images": len(data),
+            "config": f"{arch_name(arch)} {mode} {sizes.train_res}² KNN features, from memory"}
+
+
+def bench_knn(sizes: Sizes, device, rates: dict) -> dict:
+    """Seconds of `topk_cosine` over knn_n random features on the device (the release's COCO five-crop scale)."""
+    feats = torch.randn(sizes.knn_n, sizes.knn_dim, generator=torch.Generator().manual_seed(3)).to(device)
+    topk_cosine(feats[: min(4096, sizes.knn_n)], sizes.knn_k, device=device)
+    seconds = timed(lambda: topk_cosine(feats, sizes.knn_k, device=device), device)
+    flops = 2 * sizes.knn_n**2 * sizes.knn_dim
+    return {"stage": "knn", "n": sizes.knn_n, "dim": sizes.knn_dim, "k": sizes.knn_k, "precision": "fp32",
+            "seconds": seconds, "rate": sizes.knn_n / seconds, "unit": "queries/s",
+            "bound": rates["fp32"] / flops * sizes.knn_n, "flops": flops,
+            "config": f"top-{sizes.knn_k} of {sizes.knn_n:,} × {sizes.knn_dim}, fp32"}
+
+
+def synthetic_crf_inputs(n: int, size: int, labels: int, seed: int = 0) -> list:
+    """n (BGR uint8 image, softmax probs [labels, size, size]) pairs: piecewise-smooth images (as photos are, so
+    the bilateral lattice is not filled with noise) and smooth random probabilities."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    cells = np.minimum(np.arange(size) * 4 // size, 3)
+    out = []
+    for _ in range(n):
+        blocks = rng.integers(0, 256, (4, 4, 3))[cells[:, None], cells[None, :]]
+        shade = (40 * np.sin(6 * x + rng.uniform(0, 6)) * np.cos(4 * y))[..., None]
+        image = np.clip(blocks + shade + rng.normal(0, 4, blocks.shape), 0, 255).astype(np.uint8)
+        grid = np.minimum(np.arange(size) * 8 // size, 7)
+        logits = rng.normal(0, 2, (labels, 8, 8))[:, grid[:, None], grid[None, :]]
+        probs = np.exp(logits - logits.max(0))
+        out.append((np.ascontiguousarray(image), (probs / probs.sum(0)).astype(np.float32)))
+    return out
+
+
+def bench_crf(sizes: Sizes) -> dict:
+    """Images/s of DenseCRF with one worker per core (a warm `CrfPool`, as an evaluation keeps it), against
+    the bound of every core refining at the serial rate."""
+    workers = os.cpu_count() or 1
+    if sizes.max_crf_workers:
+        workers = min(workers, sizes.max_crf_workers)
+    pairs = synthetic_crf_inputs(workers * sizes.crf_per_worker, sizes.crf_res, sizes.n_classes)
+    images, probs = [p[0] for p in pairs], [p[1] for p in pairs]
+    serial = 1 / timed(lambda: dense_crf(images[0], probs[0]))
+    with CrfPool(workers) as pool:
+        started = time.perf_counter()
+        pool.map(images[:workers], probs[:workers])
+        warm_up = time.perf_counter() - started
+        seconds = timed(lambda: pool.map(images, probs))
+    return {"stage": "crf", "workers": workers, "res": sizes.crf_res, "labels": sizes.n_classes,
+            "rate": len(images) / seconds, "unit": "img/s", "bound": workers * serial, "serial_rate": serial,
+            "pool_start_and_first_map_s": warm_up,
+            "config": f"{sizes.crf_res}², {sizes.n_classes} labels, {workers} workers"}
+
+
+def _measured(results, stage, **match) -> dict:
+    """The successful measurement of `stage` with the given fields; KeyError when there is none."""
+    for r in results:
+        if r["stage"] == stage and "error" not in r and all(r.get(k) == v for k, v in match.items()):
+            return r
+    raise KeyError(f"no {stage} measurement for {match}")
+
+
+def _rate_of(results, stage, arch, **match):
+    return _measured(results, stage, arch=arch, **match)["rate"]
+
+
+def project(results: list, sizes: Sizes, mode: str = "bf16") -> list:
+    """Projected wall time of each paper table's full run (one seed) from the measured rates.
+
+    Per table: every distinct training (rows that differ only in evaluation share one, as the runner does) runs
+    its preset's iterations at the measured it/s of its architecture in the product's precision (`mode`),
+    scaled linearly from the measured batch to the preset's; each distinct KNN table (backbone, dataset, crops)
+    is embedded at the measured rate and mined at the measured top-k time scaled ∝ N²; each distinct evaluation
+    runs the validation images at the measured eval rate plus, with CRF, two refinements per image (cluster and
+    linear) at the CRF rate.
+    Not included: five-crop preparation, file decoding, validation during training, the analysis files.
+    """
+    knn = _measured(results, "knn")
+    crf_rate = _measured(results, "crf")["rate"]
+    out = []
+    for table in TABLES:
+        trainings, minings, evals = {}, {}, {}
+        for row in REGISTRY[table]:
+            if row.cited:
+                continue
+            cfg = row.config()
+            arch, dataset = ARCH[cfg.model.backbone], cfg.data.dataset
+            if row.kind == "release":
+                key = f"release-{row.checkpoint}"
+            else:
+                key = runner.train_dir_for(Path("."), cfg).name
+                kind = "raw" if row.kind == "baseline" else "stego"
+                per_iteration = 1 / _rate_of(results, "train", arch, precision=mode, kind=kind)
+                trainings[key] = cfg.train.iterations * per_iteration * cfg.train.batch_size / sizes.batch
+                if kind == "stego":
+                    n = TRAIN_ITEMS[dataset] * (5 if cfg.data.crop == "five" else 1)
+                    minings[(cfg.model.backbone, dataset, cfg.data.crop)] = (
+                        n / _rate_of(results, "embed", arch) + knn["seconds"] * (n / knn["n"]) ** 2)
+            crf = evals.get(key, (0, 0, False))[2] or cfg.eval.crf
+            evals[key] = (VAL_ITEMS[dataset], VAL_ITEMS[dataset] / _rate_of(results, "eval", arch), crf)
+        out.append({"table": table, "trainings": len(trainings), "knn_tables": len(minings),
+                    "evaluations": len(evals), "with_crf": sum(crf for _, _, crf in evals.values()),
+                    "train_s": sum(trainings.values()), "knn_s": sum(minings.values()),
+                    "eval_s": sum(seconds for _, seconds, _ in evals.values()),
+                    "crf_s": sum(2 * images / crf_rate for images, _, crf in evals.values() if crf)})
+        out[-1]["total_s"] = out[-1]["train_s"] + out[-1]["knn_s"] + out[-1]["eval_s"] + out[-1]["crf_s"]
+    return out
+
+
+def check_targets(results: list, device) -> list:
+    """Each target with the measured rate and 'pass', 'fail', or 'not checked' when the card is another."""
+    card = device_name(device)
+    out = []
+    for target in TARGETS:
+        got = next((r.get("rate") for r in results if all(r.get(k) == target[k] for k in TARGET_KEYS)), None)
+        status = ("not checked (not an " + target["card"] + ")" if target["card"] not in card
+                  else "pass" if got is not None and got >= target["min_rate"] else "fail")
+        out.append(dict(target, measured=got, status=status))
+    return out
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _target_for(row: dict, targets: list):
+    return next((t for t in targets if all(t[k] == row.get(k) for k in TARGET_KEYS)), None)
+
+
+def rate_table(results: list, targets: list) -> str:
+    """The measured rates as a Markdown table: achieved, hardware bound, their ratio, and any target."""
+    lines = ["| stage | configuration | achieved | bound | achieved / bound | target |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['stage']} | {r['config']} | failed: {r['error']} | | | |")
+            continue
+        bound, target = r.get("bound"), _target_for(r, targets)
+        bound_text = f"{_fmt(bound)} {r['unit']}" if bound else "–"
+        share = f"{100 * r['rate'] / bound:.0f}%" if bound else "–"
+        wanted = (f"≥ {target['min_rate']:g} {target['unit']} on {target['card']}: {target['status']}"
+                  if target else "")
+        lines.append(f"| {r['stage']} | {r['config']} | {_fmt(r['rate'])} {r['unit']} | {bound_text} | {share} | "
+                     f"{wanted} |")
+    return "\n".join(lines) + "\n"
+
+
+def projection_table(projections: list) -> str:
+    """Projected hours of each table's full run (one seed), by part."""
+    lines = ["| table | trainings | KNN tables | evaluations (with CRF) | train h | KNN h | eval h | CRF h | "
+             "total h |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in projections:
+        hours = " | ".join(f"{p[k] / 3600:.2f}" for k in ("train_s", "knn_s", "eval_s", "crf_s", "total_s"))
+        lines.append(f"| {p['table']} | {p['trainings']} | {p['knn_tables']} | {p['evaluations']} "
+                     f"({p['with_crf']}) | {hours} |")
+    return "\n".join(lines) + "\n"
+
+
+def attempt(results: list, stage: str, config: str, fn, *args) -> None:
+    """Append `fn(*args)` to results; a failure (out of memory, a missing kernel) becomes an error row and the
+    check goes on, so one bad configuration does not lose the others' numbers."""
+    try:
+        results.append(fn(*args))
+    except Exception as err:  # reported in the table and the JSON; the exit code says the check failed
+        log.exception("%s %s failed", stage, config)
+        results.append({"stage": stage, "config": config, "error": f"{type(err).__name__}: {err}"[:300]})
+
+
+def run(device, sizes: Sizes = FULL) -> dict:
+    """Measure everything on `device` with `sizes`; returns the JSON-ready result."""
+    device = torch.device(device)
+    started = time.perf_counter()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16} if device.type == "cuda" else {"fp32": torch.float32}
+    rates = {mode: matmul_rate(device, dtype, min_seconds=sizes.matmul_seconds) for mode, dtype in dtypes.items()}
+    rates.setdefault("bf16", rates["fp32"])  # CPU: no bf16 matmul rate is claimed; the bound uses fp32's
+    log.info("matmul rates on %s: %s", device_name(device), {k: f"{v / 1e12:.1f} TFLOP/s" for k, v in rates.items()})
+    results = []
+    for arch, backbone_name in BACKBONES.items():
+        torch.manual_seed(0)
+        backbone = build_backbone(backbone_name, weights="random").to(device)
+        for run_arch, mode, kind in train_runs(device):
+            if run_arch == arch:
+                attempt(results, "train", f"{arch_name(arch)} {mode} {kind}", bench_train, backbone, arch, mode, kind,
+                        sizes, device, rates)
+                log.info("%s: %s it/s", results[-1]["config"], results[-1].get("rate", "failed"))
+        attempt(results, "eval", arch_name(arch), bench_eval, backbone, arch, sizes, device, rates)
+        attempt(results, "embed", arch_name(arch), bench_embed, backbone, arch, sizes, device, rates)
+        del backbone
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    attempt(results, "knn", f"n={sizes.knn_n}", bench_knn, sizes, device, rates)
+    attempt(results, "crf", f"{sizes.crf_res}²", bench_crf, sizes)
+    try:
+        projections = project(results, sizes, product_precision(device))
+    except KeyError as err:  # a measurement the projections need failed
+        projections = {"error": f"not projected: {err!r}"}
+    return {"device": device_name(device), "device_type": device.type, "tiny": sizes != FULL,
+            "sizes": asdict(sizes), "matmul_flops_per_s": rates, "results": results,
+            "errors": sum("error" in r for r in results), "targets": check_targets(results, device),
+            "projections": projections,
+            "load_average": load_average(), "versions": versions(), "seconds": time.perf_counter() - started,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def render(report: dict) -> str:
+    """The check's printed report: machine, matmul rates, the rate table and the projections."""
+    rates = ", ".join(f"{mode} {v / 1e12:.2f} TFLOP/s" for mode, v in report["matmul_flops_per_s"].items())
+    head = (f"{report['device']} ({report['versions']['torch']}), matmul {rates}"
+            f"{', TINY sizes: rates and projections are not meaningful' if report['tiny'] else ''}")
+    projections = report["projections"]
+    projected = projections["error"] if isinstance(projections, dict) else projection_table(projections)
+    return (f"{head}\n\n{rate_table(report['results'], report['targets'])}\n"
+            f"Projected wall time of each table's full run (one seed):\n\n{projected}"
+            f"\ntotal {report['seconds']:.0f} s\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.gpu_check",
+                                     description="Speed check on synthetic inputs and random-init weights.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to measure (default: cuda when available)")
+    parser.add_argument("--out", type=Path, default=Path(".benchmarks/gpu_check.json"),
+                        help="JSON result file (default .benchmarks/gpu_check.json)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of the same code (CPU, < 1 min)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 keeps a smoke run steady on a busy machine")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; pass --device cpu (with --tiny on a CPU)")
+    report = run(args.device, TINY if args.tiny else FULL)
+    atomic_save_json(report, args.out)
+    print(render(report))
+    print(f"written to {args.out}")
+    failed = [t for t in report["targets"] if t["status"] == "fail"]
+    return 1 if failed or report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
