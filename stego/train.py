@@ -26,7 +26,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTOGRAMS = "code_corr_hist.json"
 HIST_BINS = 40
 BEST = "best.pt"
-LOG_FIELDS = ["iteration", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn", "corr_rand",
+LOG_FIELDS = ["iteration", "attempt_start", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn", "corr_rand",
               "linear_loss", "cluster_loss", "seconds"]
 FORMAT = 1
 
@@ -94,9 +94,10 @@ def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, d
     return out, linear_loss, cluster_loss
 
 
-def log_row(it: int, out, linear_loss, cluster_loss, seconds: float) -> dict:
-    row = {"iteration": it, "linear_loss": linear_loss.item(), "cluster_loss": cluster_loss.item(),
-           "seconds": round(seconds, 3)}
+def log_row(it: int, attempt_start: int, out, linear_loss, cluster_loss, seconds: float) -> dict:
+    """One train_log.csv row; attempt_start is the iteration the writing attempt (first run or resume) began at."""
+    row = {"iteration": it, "attempt_start": attempt_start, "linear_loss": linear_loss.item(),
+           "cluster_loss": cluster_loss.item(), "seconds": round(seconds, 3)}
     if out is not None:
         row.update(loss=out.total.item(), loss_self=out.self_loss.item(), loss_knn=out.knn_loss.item(),
                    loss_rand=out.rand_loss.item(), corr_self=out.corr_self.item(), corr_knn=out.corr_knn.item(),
@@ -242,7 +243,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
                                                              generator, distil)
             it += 1
             if writer and (it % t.log_every == 0 or it == stop):
-                writer.writerow(log_row(it, out_loss, linear_loss, cluster_loss, time.perf_counter() - began))
+                writer.writerow(log_row(it, start, out_loss, linear_loss, cluster_loss, time.perf_counter() - began))
                 log_file.flush()
             if rank == 0 and distil and t.hist_every and (it % t.hist_every == 0 or it == stop):
                 histograms.append(correlation_histograms(it, out_loss.code_corr))

@@ -139,7 +139,7 @@ def test_array_sweep_requeue_resume_cancel_and_resubmit(slurm, tmp_path, capsys)
         resumed_at = attempts[1]["start_iteration"]
         assert resumed_at >= 2 * EVERY and resumed_at % EVERY == 0, attempts  # resumed, not restarted
         assert log_iterations(job.out) == list(range(1, SLOW + 1))
-        assert attempt_starts(job.out) == [resumed_at]  # the second attempt's clock began after resumed_at
+        assert attempt_starts(job.out) == [resumed_at]  # the second attempt began at resumed_at
         assert load_checkpoint(Path(job.out) / "checkpoint.pt")["iteration"] == SLOW
 
     assert submit(sw, [], resources) == [cancelled]  # only the failed job runs again

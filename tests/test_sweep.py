@@ -65,10 +65,9 @@ def log_iterations(run_dir) -> list[int]:
 
 
 def attempt_starts(run_dir) -> list[int]:
-    """Iterations after which the log's clock (seconds since the attempt began) went back: where attempts resumed."""
+    """Iterations at which later attempts resumed, from the log's attempt_start column (0 is the first attempt)."""
     with open(Path(run_dir) / "train_log.csv") as f:
-        rows = list(csv.DictReader(f))
-    return [int(a["iteration"]) for a, b in zip(rows, rows[1:]) if float(b["seconds"]) < float(a["seconds"])]
+        return sorted({int(r["attempt_start"]) for r in csv.DictReader(f)} - {0})
 
 
 def write_marker(path, text="ok"):

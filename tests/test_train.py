@@ -43,7 +43,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(scenes, tmp_path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     with open(tmp_path / "parts" / "train_log.csv") as f:
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(1, 9))
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 9))
+    assert [int(r["attempt_start"]) for r in rows] == [0] * 5 + [5] * 3
     # Training moved the head away from its initialisation, so the equality above is not trivial.
     fresh = train(tiny(scenes, iterations=1), tmp_path / "one")
     assert not torch.equal(weights(fresh)["head.linear.weight"], a["head.linear.weight"])
