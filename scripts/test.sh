@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
-exec "${STEGO_VENV:-.venv}/bin/python" -m pytest tests benchmarks -q "$@"
+exec "${STEGO_VENV:-.venv}/bin/python" -m pytest tests benchmarks -q --durations=10 "$@"
