@@ -62,6 +62,8 @@ class TrainConfig:
     select_on_val: bool = False
     """Keep the checkpoint with the best validation cluster mIoU instead of the last (the authors' practice)."""
     device: str = "auto"
+    threads: int = 0
+    """CPU threads for torch (0: torch's default). Small CPU runs are faster on 1: extra threads only spin."""
     tensorboard: bool = False
 
 

@@ -19,7 +19,7 @@ from .data.transforms import unnormalize
 from .evaluate import crf_pool, crf_refine, evaluate, load_for_eval, predict_log_probs
 from .figures import qualitative_grid, training_curves
 from .io import atomic_save_json, atomic_write
-from .runtime import git_commit, versions
+from .runtime import git_commit, set_threads, versions
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), see
     steps = Steps()
     started = time.perf_counter()
     cfg = load_config(preset, [f"data.root={out / 'data'}", f"train.seed={seed}", *overrides])
+    set_threads(cfg.train.threads)
     spec = scenes
     steps.run("generate synthetic scenes", make_scenes, cfg.data.root, spec, seed)
     if cfg.data.crop == "five":

@@ -14,6 +14,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def set_threads(threads: int) -> None:
+    """Use `threads` CPU threads in torch (0 leaves torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def iteration_seed(seed: int, iteration: int) -> int:
     """A seed for one iteration, so every random draw of that iteration is reproducible after a resume."""
     return (seed * 1_000_003 + iteration) % (2**63 - 1)

@@ -18,7 +18,7 @@ from .config import Config, save_config
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
 from .loss import CorrespondenceLoss
-from .runtime import autocast, average_gradients, distributed, iteration_seed, pick_device
+from .runtime import autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     rank, world = distributed()
     device = pick_device(cfg.train.device)
     t = cfg.train
+    set_threads(t.threads)
     start = 0
     checkpoint = out / CHECKPOINT
     state = None
