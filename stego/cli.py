@@ -7,15 +7,6 @@ from pathlib import Path
 from .errors import StegoError
 
 
-def _smoke(args) -> int:
-    from .smoke import smoke
-
-    result = smoke(steps=args.steps)
-    print(f"smoke run: {len(result['losses'])} steps, final loss {result['losses'][-1]:.4f}, "
-          f"{result['seconds']:.1f} s (random backbone and labels: the metrics only show the path runs)")
-    return 0
-
-
 def _add_config_args(p) -> None:
     p.add_argument("preset", nargs="?", default=None, help="preset name (see `stego presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides, e.g. loss.b_rand=0.3")
@@ -109,10 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stego", description="STEGO unsupervised semantic segmentation suite")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("smoke", help="a few training steps of the core on random inputs (no downloads)")
-    p.add_argument("--steps", type=int, default=5)
-    p.set_defaults(func=_smoke)
 
     p = sub.add_parser("demo", help="the whole method on synthetic scenes in a few minutes on a CPU (no downloads)")
     p.add_argument("--out", default="stego-demo", help="output folder (default ./stego-demo)")
