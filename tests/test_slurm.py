@@ -10,7 +10,6 @@ SLURM cannot be started (not root, no apt-get, no package mirror).
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from stego import sweep
 from stego.cli import main
 from stego.sweep import DONE, FAILED, RUNNING, Resources, grid_jobs, submit, sweep_status
 from stego.train import load_checkpoint
-from tests.test_sweep import attempt_starts, log_iterations, make_tiny_scenes, write_preset
+from tests.test_sweep import (_checkpoint_iteration, _wait, attempt_starts, log_iterations, make_tiny_scenes,
+                              write_preset)
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW, EVERY = 150, 5
@@ -58,23 +58,6 @@ def slurm(tmp_path_factory):
         assert down.returncode == 0, down.stderr
         for name in ("slurmctld.pid", "slurmd.pid", "munged.pidfile"):
             assert not (folder / name).exists(), f"{name} left behind: a daemon may still run"
-
-
-def _wait(condition, timeout_s, what):
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _checkpoint_iteration(run_dir) -> int:
-    try:
-        return load_checkpoint(Path(run_dir) / "checkpoint.pt")["iteration"]
-    except Exception:  # noqa: BLE001 - not written yet
-        return 0
 
 
 def _squeue_state(job_id: str) -> str:
