@@ -39,13 +39,20 @@ def _checkpoint_config(args):
 
 
 def _train(args) -> int:
-    from .train import train
+    import signal
+
+    from .evaluate import validator
+    from .stopping import stop_on_signals
+    from .train import TrainingStopped, train
 
     cfg = _config(args)
     out = Path(args.out or Path("runs") / cfg.name)
-    from .evaluate import validator
-
-    path = train(cfg, out, resume=args.resume, validate=validator(cfg))
+    try:
+        with stop_on_signals(signal.SIGINT, signal.SIGTERM) as stop:
+            path = train(cfg, out, resume=args.resume, validate=validator(cfg), should_stop=stop)
+    except TrainingStopped as stopped:
+        print(f"stopped at iteration {stopped.iteration}: continue with the same command and --resume")
+        return 130
     print(f"checkpoint: {path}")
     return 0
 

@@ -30,6 +30,23 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+STOP_CHECK_EVERY = 10
+"""With several processes, the ranks agree on a stop request every this many iterations (one all-reduce)."""
+
+
+def agreed_stop(should_stop, iteration: int, world: int, device) -> bool:
+    """`should_stop()` (asked every iteration, no device work) on any rank -> True on every rank at the same
+    iteration: several processes all-reduce one number every STOP_CHECK_EVERY iterations."""
+    asked = bool(should_stop())
+    if world <= 1:
+        return asked
+    if iteration % STOP_CHECK_EVERY:
+        return False
+    flag = torch.tensor([1.0 if asked else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size), initialising the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

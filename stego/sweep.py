@@ -9,9 +9,10 @@ record in its run folder) or a plug-in run (`entry: "module:function"` called wi
 the job names; the benchmark harness exports its table rows this way, so `stego` never imports it). A job is
 done when all its records exist; submitting a sweep again runs only its missing and failed jobs.
 
-Jobs are submitit `Checkpointable`s: when SLURM signals the end of the time limit or a preemption (USR2), the job
-requeues itself; the requeued job resumes training from the run's newest checkpoint (train.checkpoint_every), as
-does a job killed without warning (node failure, `scontrol requeue`). Records are written atomically, last.
+Jobs are submitit `Checkpointable`s: when SLURM signals the end of the time limit or a preemption (USR2), training
+finishes its step, saves a checkpoint and the job requeues itself; the requeued job resumes from that checkpoint.
+A job killed without warning (node failure, `scontrol requeue`) resumes from its last periodic checkpoint
+(train.checkpoint_every). Records are written atomically, last.
 """
 import argparse
 import contextlib
@@ -23,7 +24,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ import yaml
 
 from .errors import MissingFileError, StegoError
 from .io import atomic_save_json, atomic_write
+from .stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +289,15 @@ def job_done(job: Job) -> bool:
     return True
 
 
-def run_job(job: Job, sweep_dir=None) -> dict:
+def run_job(job: Job, sweep_dir=None, should_stop=None) -> dict:
     """The job function: run one job (or skip it when its records exist) and return a short summary.
 
     Every task of a multi-task job calls it; tasks train together (data parallel) and rank 0 evaluates.
+    should_stop: a `SignalStop` passed to `train` (set by the end-of-time signal); a stopped training raises
+    TrainingStopped, with the attempt left for the requeue to close.
     """
+    from .train import TrainingStopped
+
     if not logging.getLogger().handlers:  # a job process: log progress to the job's log file
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rank = _export_distributed()
@@ -298,10 +306,16 @@ def run_job(job: Job, sweep_dir=None) -> dict:
     state = JobState(sweep_dir if rank == 0 else None, job)
     state.start()
     try:
-        record = _call_entry(job) if job.entry is not None else _train_and_evaluate(job, rank, state)
+        if job.entry is not None:
+            record = _call_entry(job)
+        else:
+            record = _train_and_evaluate(job, rank, state, should_stop)
         missing = [path for path in job.records if job.entry is not None and not Path(path).is_file()]
         if missing:
             raise StegoError(f"job {job.id}: {job.entry} returned without writing {', '.join(missing)}")
+    except TrainingStopped as stopped:
+        state.note(stopped_at=stopped.iteration)
+        raise
     except (Exception, KeyboardInterrupt) as err:
         state.end(FAILED, "failed", f"{type(err).__name__}: {err}")
         raise
@@ -324,11 +338,11 @@ def _call_entry(job: Job):
     return getattr(module, function)(**job.args)
 
 
-def _train_and_evaluate(job: Job, rank: int, state: JobState) -> dict | None:
+def _train_and_evaluate(job: Job, rank: int, state: JobState, should_stop=None) -> dict | None:
     """Train (resuming from the run folder's checkpoint) unless finished, then evaluate on rank 0; returns the
-    evaluation record (None on other ranks)."""
+    evaluation record (None on other ranks). A stop asked during the last steps ends the job before evaluating."""
     from .evaluate import run_eval, validator
-    from .train import BEST, CHECKPOINT, load_checkpoint, train
+    from .train import BEST, CHECKPOINT, TrainingStopped, load_checkpoint, train
 
     cfg = job.config()
     out = Path(job.out)
@@ -340,36 +354,106 @@ def _train_and_evaluate(job: Job, rank: int, state: JobState) -> dict | None:
     else:
         start = load_checkpoint(out / CHECKPOINT)["iteration"] if (out / CHECKPOINT).exists() else 0
         state.note(start_iteration=start)
-        checkpoint = train(cfg, out, resume=True, validate=validator(cfg))
+        listening = should_stop.during_training() if should_stop is not None else contextlib.nullcontext()
+        with listening:
+            checkpoint = train(cfg, out, resume=True, validate=validator(cfg), should_stop=should_stop)
+        if should_stop is not None and should_stop.signal is not None:  # asked in the last step: requeue
+            raise TrainingStopped(cfg.train.iterations, out / CHECKPOINT)
     return run_eval(cfg, checkpoint, job.records[0]) if rank == 0 else None
 
 
-class Requeueable:
-    """What is submitted: calls `run_job`; on SLURM's end-of-time or preemption signal (USR2) submitit calls
-    `checkpoint`, which notes the signal and resubmits the same job, and submitit requeues it.
+class SignalStop(StopRequest):
+    """The end-of-time signal's stop request: honoured once a training step has read it (`train` then checkpoints
+    after the step and stops); before that, or after training, `fallback` (submitit's handler) runs at once."""
 
-    Training state is not saved inside the signal handler (the step in flight may be half applied); the
-    requeued job resumes from the newest checkpoint, so at most train.checkpoint_every iterations are redone.
+    def __init__(self, fallback):
+        super().__init__()
+        self.fallback = fallback
+        self.listening = False
+
+    def __call__(self) -> bool:
+        self.listening = True
+        return super().__call__()
+
+    def on_signal(self, signum, frame) -> None:
+        if not self.listening:
+            self.fallback(signum, frame)
+            return
+        log.warning("%s: checkpointing after this training step, then requeueing", signal.Signals(signum).name)
+        self.set(signum)
+
+    @contextlib.contextmanager
+    def during_training(self):
+        """Listen for the rest of training only (evaluation is not stoppable: the fallback requeues it)."""
+        try:
+            yield self
+        finally:
+            self.listening = False
+
+
+class Requeueable:
+    """What is submitted: calls `run_job`. On SLURM's end-of-time or preemption signal (USR2) during training, the
+    step in flight finishes, a checkpoint is saved, and then submitit's handler runs: it calls `checkpoint`
+    (which notes the signal and resubmits the same job) and requeues the job, which resumes from that checkpoint.
+    Outside training (KNN mining, evaluation) submitit's handler runs at once and the requeued job redoes that
+    stage, resuming training from its newest checkpoint.
     """
+
+    RANK_WAIT_S = 600
+    """How long a rank other than 0 waits, after a stop, for rank 0's requeue to end the job."""
 
     def __init__(self, cpus: int | None = None):
         self.cpus = cpus
         """CPUs per task: torch's thread count in the job (else torch would use every core of the node)."""
+        self.stopped_at: int | None = None
 
     def __call__(self, job: Job, sweep_dir=None) -> dict:
+        from submitit import JobEnvironment
+
+        from .train import TrainingStopped
+
         if self.cpus:
             import torch
 
             torch.set_num_threads(self.cpus)
-        return run_job(job, sweep_dir)
+        usr_sig = JobEnvironment._usr_sig()
+        submitit_handler = signal.getsignal(usr_sig)
+        if not callable(submitit_handler):  # not under submitit's signal handling (debug executor, direct call)
+            return run_job(job, sweep_dir)
+        stop = SignalStop(submitit_handler)
+        signal.signal(usr_sig, stop.on_signal)
+        try:
+            return run_job(job, sweep_dir, stop)
+        except TrainingStopped as stopped:
+            self.stopped_at = stopped.iteration
+            signal.signal(usr_sig, submitit_handler)
+            submitit_handler(stop.signal, None)  # rank 0: checkpoint() -> requeue -> exit
+            _wait_for_requeue(self.RANK_WAIT_S)
+            raise
+        finally:
+            signal.signal(usr_sig, submitit_handler)
 
     def checkpoint(self, job: Job, sweep_dir=None):
         from submitit.helpers import DelayedSubmission
 
         state = JobState(sweep_dir, job)
         if state.data["attempts"]:
-            state.end(RUNNING, "requeued on signal (resumes from the last checkpoint)")
-        return DelayedSubmission(self, job, sweep_dir)
+            if self.stopped_at is not None:
+                state.end(RUNNING, f"requeued on signal (checkpoint saved at iteration {self.stopped_at})")
+            else:
+                state.end(RUNNING, "requeued on signal (resumes from the last checkpoint)")
+        return DelayedSubmission(Requeueable(self.cpus), job, sweep_dir)
+
+
+def _wait_for_requeue(seconds: float) -> None:
+    """Ranks other than 0 end like submitit's requeue does: the local executor's by exit code, SLURM's by
+    killing the job, which they wait for rather than exit and maybe end the job step first."""
+    if "SUBMITIT_LOCAL_JOB_ID" in os.environ:
+        from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+        sys.exit(LOCAL_REQUEUE_RETURN_CODE)
+    log.info("waiting for rank 0 to requeue the job")
+    time.sleep(seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------

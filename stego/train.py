@@ -18,7 +18,7 @@ from .config import Config, save_config
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
 from .loss import CorrespondenceLoss
-from .runtime import autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads
+from .runtime import agreed_stop, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,24 @@ def _log_rows_up_to(path: Path, iteration: int) -> None:
         writer.writerows(rows)
 
 
-def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None, validate=None) -> Path:
+class TrainingStopped(Exception):
+    """`train` stopped early on request (a signal): its checkpoint holds iteration `iteration`; resume continues."""
+
+    def __init__(self, iteration: int, checkpoint: Path):
+        super().__init__(f"training stopped on request at iteration {iteration}; {checkpoint} holds it: "
+                         f"resume to continue")
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None, validate=None,
+          should_stop=None) -> Path:
     """Train the head and probes; writes config.yaml, train_log.csv and checkpoint.pt under `out_dir`.
 
     stop_at: end after this many iterations as if interrupted (tests; a later resume continues).
     validate: optional callable(model, backbone) -> cluster mIoU, run every train.val_every iterations.
+    should_stop: optional callable() -> bool read after each step (e.g. a `runtime.StopRequest` set by SLURM's
+    end-of-time signal); when true on any rank, the step's checkpoint is saved and TrainingStopped is raised.
     Returns the checkpoint to evaluate (best.pt with train.select_on_val, else checkpoint.pt).
     """
     out = Path(out_dir)
@@ -257,8 +270,14 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
                     best = {"miou": miou, "iteration": it}
                     if rank == 0 and t.select_on_val:
                         save_checkpoint(out / BEST, model, optimizers, it, cfg, {"best": best})
-            if rank == 0 and (it % t.checkpoint_every == 0 or it == stop):
+            saved = it % t.checkpoint_every == 0 or it == stop
+            if rank == 0 and saved:
                 save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best})
+            if should_stop is not None and it < stop and agreed_stop(should_stop, it, world, device):
+                if rank == 0 and not saved:
+                    save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best})
+                log.warning("stopping on request at iteration %d of %d; %s holds it", it, t.iterations, checkpoint)
+                raise TrainingStopped(it, checkpoint)
     finally:
         if log_file:
             log_file.close()

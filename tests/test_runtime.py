@@ -1,11 +1,16 @@
-"""Data-parallel pieces: gradient averaging across processes and per-rank batches that split each epoch."""
+"""Data-parallel pieces: gradient averaging across processes, per-rank batches that split each epoch, stop requests
+that all ranks agree on; signals that request a stop."""
 import os
+import signal
+
+import pytest
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stego.runtime import average_gradients, iteration_seed
+from stego.runtime import STOP_CHECK_EVERY, agreed_stop, average_gradients, iteration_seed
+from stego.stopping import stop_on_signals
 from stego.train import ResumableBatches
 
 
@@ -47,3 +52,35 @@ def test_ranks_split_each_epoch_without_overlap_and_resume_mid_epoch():
 def test_iteration_seeds_differ():
     assert len({iteration_seed(0, i) for i in range(1000)}) == 1000
     assert iteration_seed(1, 0) != iteration_seed(0, 0)
+
+
+def _stop_worker(rank, world, port, out, asked_from):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    stopped = [it for it in range(1, 4 * STOP_CHECK_EVERY)
+               if agreed_stop(lambda: rank == 1 and it >= asked_from, it, world, torch.device("cpu"))]
+    torch.save(stopped, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_stop_asked_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
+    asked_from = STOP_CHECK_EVERY + 3
+    port = 29500 + (os.getpid() + 7) % 1000
+    mp.spawn(_stop_worker, args=(2, port, str(tmp_path), asked_from), nprocs=2)
+    expected = [2 * STOP_CHECK_EVERY, 3 * STOP_CHECK_EVERY]  # the checks after the request
+    assert [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)] == [expected, expected]
+
+
+def test_one_process_stops_at_the_first_asking_iteration():
+    assert [it for it in range(1, 9) if agreed_stop(lambda: it >= 5, it, 1, "cpu")] == [5, 6, 7, 8]
+
+
+def test_first_signal_requests_a_stop_second_ctrl_c_interrupts():
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals(signal.SIGINT, signal.SIGTERM) as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() and stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -1,6 +1,15 @@
-"""Training: resume after an interruption gives the same weights; checkpoints and records are safe to read."""
+"""Training: resume after an interruption gives the same weights; a stop request (Ctrl-C, end-of-time signal)
+checkpoints after its step; checkpoints and records are safe to read."""
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
 
 import pytest
 import torch
@@ -9,7 +18,7 @@ from stego.config import from_dict
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
 from stego.evaluate import run_eval
-from stego.train import load_checkpoint, train
+from stego.train import TrainingStopped, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +58,59 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(scenes, tmp_path
     # Training moved the head away from its initialisation, so the equality above is not trivial.
     fresh = train(tiny(scenes, iterations=1), tmp_path / "one")
     assert not torch.equal(weights(fresh)["head.linear.weight"], a["head.linear.weight"])
+
+
+class StopAfter:
+    """A stop request that turns true at its n-th reading (as a signal arriving during step n would)."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.reads >= self.n
+
+
+def test_stop_request_checkpoints_after_the_step_and_resume_matches(scenes, tmp_path):
+    cfg = tiny(scenes)  # periodic checkpoints at 3 and 6 only
+    whole = train(cfg, tmp_path / "whole")
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, tmp_path / "parts", should_stop=StopAfter(4))
+    assert stopped.value.iteration == 4
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["iteration"] == 4
+    assert not (tmp_path / "parts" / "train_summary.json").exists()
+    resumed = train(cfg, tmp_path / "parts", resume=True, should_stop=lambda: False)
+    a, b = weights(whole), weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with open(tmp_path / "parts" / "train_log.csv") as f:
+        assert [int(r["attempt_start"]) for r in csv.DictReader(f)] == [0] * 4 + [4] * 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_stego_train_checkpoints_and_resume_finishes(scenes, tmp_path):
+    values = tiny(scenes, iterations=100, checkpoint_every=1000).to_dict()
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(values))
+    command = [sys.executable, "-c", "import sys; from stego.cli import main; sys.exit(main(sys.argv[1:]))", "train",
+               str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "run" / "train_log.csv"
+    began = time.monotonic()
+    while not (log_path.exists() and log_path.read_text().count("\n") > 3):
+        assert proc.poll() is None and time.monotonic() - began < 120, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped_at = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"]
+    assert 3 <= stopped_at < 100 and f"stopped at iteration {stopped_at}" in out
+    done = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 101))
+    assert {int(r["attempt_start"]) for r in rows} == {0, stopped_at}
 
 
 def test_a_run_is_not_overwritten_and_resume_checks_the_config(scenes, tmp_path):
