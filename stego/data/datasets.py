@@ -148,11 +148,33 @@ def read_id_list(path, get_it):
     return ids
 
 
+def value_runs(table):
+    """[(first, last)] of each run of consecutive values that a boolean table marks True."""
+    values = np.flatnonzero(table)
+    if not len(values):
+        return []
+    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
+    return [(int(r[0]), int(r[-1])) for r in runs]
+
+
 def _ranges_text(valid):
     """'0-181, 255' for a boolean table of valid raw values."""
-    values = np.flatnonzero(valid)
-    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
-    return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in value_runs(valid))
+
+
+MAX_RUN_CHECKS = 8
+"""Above this many runs of invalid values, 8-bit labels are checked with one table lookup instead."""
+
+
+def only_valid_8bit(raw, valid, invalid_runs):
+    """True when the uint8 array `raw` holds only values that `valid` (bool[256]) allows.
+
+    invalid_runs: `value_runs(~valid)`. Each run [a, b] costs one wrapping uint8 subtraction and a min (raw − a
+    mod 256 ≤ b − a exactly for the values in the run): no int64 copy, ~20× faster than indexing the table.
+    """
+    if len(invalid_runs) > MAX_RUN_CHECKS:
+        return bool(np.take(valid, raw).all())
+    return all(np.subtract(raw, np.uint8(a)).min() > b - a for a, b in invalid_runs)
 
 
 def _unknown_split(name, split, known):
@@ -174,6 +196,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform if transform is not None else default_transform(split)
         self.skip_bad = skip_bad
         self._lut, self._valid = lut, valid
+        self._invalid_runs = value_runs(~valid)
         self._skipped = {}
         self.items = self._resolve(items)
         if not self.items:
@@ -249,35 +272,54 @@ class SegmentationDataset(Dataset):
                                         f"{_ranges_text(self._valid)})", self._bad_fix())
         return self._lut[raw]
 
-    def load(self, i):
-        """(PIL RGB image, int64 label [H,W] with -1 ignore, or None when unlabelled); bad files raise."""
+    def load(self, i, raw_8bit=False):
+        """(PIL RGB image, int64 label [H,W] with -1 ignore, or None when unlabelled); bad files raise.
+
+        raw_8bit: a 2-D uint8 label file holding only valid values comes back unmapped (uint8; its classes are
+        `self._lut[label]`), so a transform can resize and crop it before mapping; other labels are mapped.
+        """
         image_path, label_path = self.items[i]
         img = self._read_image(image_path)
         if label_path is None:
             return img, None
-        label = self._map_label(self._read_label(label_path), label_path)
+        raw = self._read_label(label_path)
+        label = raw if raw_8bit and self._valid_8bit(raw) else self._map_label(raw, label_path)
         if label.shape != (img.height, img.width):
             raise SizeMismatchError(label_path, f"label is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
                                                 f"{image_path} is {img.height}x{img.width}", self._bad_fix())
         return img, label
 
-    def try_load(self, i):
-        """`load(i)`, or None for a bad file when skip_bad (the file is recorded in `skipped`)."""
+    def _valid_8bit(self, raw):
+        """True for a non-empty 2-D uint8 label whose every value is valid (else `_map_label` says what is wrong)."""
+        return (raw.dtype == np.uint8 and raw.ndim == 2 and raw.size > 0
+                and only_valid_8bit(raw, self._valid, self._invalid_runs))
+
+    def try_load(self, i, raw_8bit=False):
+        """`load(i, raw_8bit)`, or None for a bad file when skip_bad (the file is recorded in `skipped`)."""
         try:
-            return self.load(i)
+            return self.load(i, raw_8bit)
         except (DataFileError, MissingDataError) as exc:
             self._fail(exc)
             return None
 
     def __getitem__(self, i):
         """dict(img=float32 [3,res,res], label=int64 [res,res], index=k) where k = i unless item i was skipped,
-        in which case k is the next good item."""
+        in which case k is the next good item.
+
+        With a SegTransform, valid 8-bit labels are mapped to classes after its resize and crop: nearest
+        resizing only selects pixels, so the result is the same and only res² pixels are mapped, not H·W.
+        """
         n = len(self)
+        deferred = isinstance(self.transform, SegTransform)
         for step in range(n):
             k = (i + step) % n
-            pair = self.try_load(k)
+            pair = self.try_load(k, raw_8bit=deferred)
             if pair is not None:
-                img, label = self.transform(*pair)
+                img, label = pair
+                if deferred and label is not None and label.dtype == np.uint8:
+                    img, label = self.transform(img, label, lut=self._lut)
+                else:
+                    img, label = self.transform(img, label)
                 return dict(img=img, label=label, index=k)
         raise EmptySplitError(self.items[0][0], f"every file of split {self.split!r} failed to load",
                               self._bad_fix(), skipped=self.skipped)

@@ -73,9 +73,12 @@ def resize_center_crop(img, label, res):
     img = img.resize(size, Image.NEAREST).crop(box)
     if label is not None:
         label = np.asarray(label)
-        if label.min(initial=0) < np.iinfo(np.int32).min or label.max(initial=0) > np.iinfo(np.int32).max:
-            raise StegoError("label values do not fit in int32; class ids must be small integers")
-        as_image = Image.fromarray(label.astype(np.int32))
+        if label.dtype == np.uint8:
+            as_image = Image.fromarray(label)
+        else:
+            if label.min(initial=0) < np.iinfo(np.int32).min or label.max(initial=0) > np.iinfo(np.int32).max:
+                raise StegoError("label values do not fit in int32; class ids must be small integers")
+            as_image = Image.fromarray(label.astype(np.int32))
         label = np.asarray(as_image.resize(size, Image.NEAREST).crop(box), dtype=np.int64)
     return img, label
 
@@ -86,13 +89,15 @@ class SegTransform:
 
     res: int
 
-    def __call__(self, img, label):
+    def __call__(self, img, label, lut=None):
+        """lut: `label` holds raw uint8 values whose classes are lut[value] (int64[256]), looked up after the
+        crop; the result equals mapping first, as nearest resizing and cropping only select pixels."""
         img, label = resize_center_crop(img, label, self.res)
         x = normalize(image_to_tensor(img))
         if label is None:
             y = torch.full((self.res, self.res), IGNORE, dtype=torch.int64)
         else:
-            y = torch.from_numpy(label)
+            y = torch.from_numpy(label if lut is None else np.take(lut, label))
         return x, y
 
 
