@@ -93,8 +93,8 @@ def _digest(values) -> str:
 
 
 def train_dir_for(results_dir, cfg: Config) -> Path:
-    """Where a config trains: keyed by everything but its name and evaluation settings."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "eval")}
+    """Where a config trains: keyed by everything but its name, evaluation and machine settings."""
+    values = {k: v for k, v in cfg.identity().items() if k not in ("name", "eval")}
     return (Path(results_dir) / "runs" /
             f"{cfg.data.dataset}-{cfg.model.backbone}-{_digest(values)}-seed{cfg.train.seed}")
 

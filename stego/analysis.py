@@ -21,7 +21,7 @@ from .constants import IGNORE
 from .data.transforms import unnormalize
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
-from .runtime import autocast
+from .runtime import autocast, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
     rows = np.sort(rng.choice(table.n, min(KNN_QUERIES, table.n), replace=False))
     needed = np.unique(np.r_[rows, table.indices.numpy()[rows][:, list(ranks)].ravel()])
     histograms = np.zeros((table.n, n_classes), dtype=np.float64)
-    histograms[needed] = label_histograms(dataset, needed.tolist(), n_classes, workers=cfg.data.workers)
+    histograms[needed] = label_histograms(dataset, needed.tolist(), n_classes, workers=worker_count(cfg.data.workers))
     out = {"knn_cooccurrence": {**knn_cooccurrence(table, histograms, ranks, rows), "table": str(path)}}
     if cfg.data.crop == "five":
         out["five_crop_self_match"] = five_crop_self_match(table, k=max(ranks))

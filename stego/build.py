@@ -8,6 +8,7 @@ from .data.datasets import build_dataset
 from .data.knn import KnnTable, knn_meta, mine_knn, table_path
 from .errors import StegoError
 from .model import Stego
+from .runtime import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     meta = knn_meta(cfg.model.backbone, cfg.model.weights or None, name, split, crops, cfg.data.res)
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
-    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=cfg.data.workers)
+    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers))
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

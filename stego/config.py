@@ -28,7 +28,8 @@ class DataConfig:
     res: int = 224
     num_neighbors: int = 7
     knn_k: int = 30
-    workers: int = 2
+    workers: int = -1
+    """DataLoader worker processes; -1: one per CPU this process may use, less one, at most 16 (runtime.workers)."""
     n_classes: int = 0
     """Classes of an image-folder dataset (0: read from classes.txt); fixed by the reader for the benchmarks."""
 
@@ -72,7 +73,8 @@ class EvalConfig:
     res: int = 320
     batch_size: int = 8
     crf: bool = True
-    crf_workers: int = 2
+    crf_workers: int = -1
+    """DenseCRF worker processes (0: serial in this process); -1: one per CPU this process may use."""
     crf_timeout: float = 120.0
     max_images: int = 0
     """0: the whole split."""
@@ -91,6 +93,18 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """`to_dict` without the machine settings (MACHINE_KEYS), which do not change any result: what a resumed
+        or reused run must match."""
+        values = self.to_dict()
+        for section, key in MACHINE_KEYS:
+            del values[section][key]
+        return values
+
+
+MACHINE_KEYS = (("data", "workers"), ("eval", "crf_workers"), ("eval", "crf_timeout"))
+"""Worker counts and timeouts: every random draw is seeded by item and iteration, so they change speed only."""
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}

@@ -19,7 +19,7 @@ from .data.transforms import unnormalize
 from .evaluate import crf_pool, crf_refine, evaluate, load_for_eval, predict_log_probs
 from .figures import qualitative_grid, training_curves
 from .io import atomic_save_json, atomic_write
-from .runtime import git_commit, set_threads, versions
+from .runtime import git_commit, set_threads, versions, worker_count
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), see
     steps.run("generate synthetic scenes", make_scenes, cfg.data.root, spec, seed)
     if cfg.data.crop == "five":
         steps.run("five-crop the training scenes", five_crop, "imagefolder", cfg.data.root, "train",
-                  cfg.data.crop_ratio, workers=cfg.data.workers)
+                  cfg.data.crop_ratio, workers=worker_count(cfg.data.workers))
     checkpoint = steps.run("mine KNN and train STEGO", train, cfg, out / "runs" / "stego", resume=True)
     untrained_cfg = with_overrides(cfg, ["train.lr=0.0", f"name={cfg.name}-untrained-head"])
     untrained = steps.run("train the probes on the untrained head (a)", train, untrained_cfg,

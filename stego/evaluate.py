@@ -18,7 +18,7 @@ from .analysis import analyze_run
 from .config import Config, from_dict, with_overrides
 from .io import atomic_save_json
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
-from .runtime import autocast, git_commit, pick_device, versions
+from .runtime import autocast, git_commit, pick_device, versions, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torc
 
 
 def crf_pool(cfg: Config):
-    """A CRF worker pool for the config (None, meaning serial, when eval.crf_workers is 0)."""
+    """A CRF worker pool for the config: eval.crf_workers processes (-1: one per available CPU), or None, meaning
+    serial, for 0."""
     from .crf import CrfPool
 
-    return CrfPool(cfg.eval.crf_workers, timeout=cfg.eval.crf_timeout) if cfg.eval.crf_workers > 0 else None
+    n = worker_count(cfg.eval.crf_workers, "crf")
+    return CrfPool(n, timeout=cfg.eval.crf_timeout) if n > 0 else None
 
 
 def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
@@ -71,7 +73,7 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     if crf:
         confusions.update({"cluster_crf": ConfusionMatrix(n_clusters, n_classes),
                            "linear_crf": ConfusionMatrix(n_classes, n_classes)})
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers,
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=worker_count(cfg.data.workers),
                         pin_memory=torch.device(device).type == "cuda")
     model.eval()
     timings = {"network": 0.0, "crf": 0.0}

@@ -146,7 +146,7 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
     """
     from . import build
     from .evaluate import evaluate
-    from .runtime import pick_device
+    from .runtime import pick_device, worker_count
 
     device = device or pick_device(cfg.train.device)
     backbone = build.backbone_for(cfg).to(device)
@@ -155,7 +155,8 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
     if not n_classes:
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     k = n_classes + cfg.model.extra_clusters
-    feats = sample_features(backbone, train_set, max_rows, cfg.eval.batch_size, cfg.data.workers, seed, device)
+    feats = sample_features(backbone, train_set, max_rows, cfg.eval.batch_size, worker_count(cfg.data.workers), seed,
+                            device)
     fit = spherical_kmeans(feats, k, restarts=restarts, seed=seed)
     log.info("raw-feature k-means: %d rows of dim %d, k=%d, objective %.4f per row", feats.shape[0],
              feats.shape[1], k, fit.objective / feats.shape[0])

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import StegoError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -18,6 +20,31 @@ def set_threads(threads: int) -> None:
     """Use `threads` CPU threads in torch (0 leaves torch's default)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+MAX_LOADER_WORKERS = 16
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask (SLURM's --cpus-per-task when tasks are bound), shared among
+    the node's ranks when a multi-process launch left every rank the whole machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world > 1 and cpus == os.cpu_count():
+        cpus //= local_world
+    return max(1, cpus)
+
+
+def worker_count(requested: int, kind: str = "loader") -> int:
+    """A worker count from a config value: itself when ≥ 0; for -1, one per available CPU, less the main
+    process for DataLoaders ('loader', at most MAX_LOADER_WORKERS) or all of them for the CRF pool ('crf')."""
+    if requested >= 0:
+        return requested
+    if requested != -1:
+        key = "eval.crf_workers" if kind == "crf" else "data.workers"
+        raise StegoError(f"{key} must be ≥ 0, or -1 for one per CPU; got {requested}")
+    cpus = available_cpus()
+    return cpus if kind == "crf" else min(cpus - 1, MAX_LOADER_WORKERS)
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from . import build
-from .config import Config, save_config
+from .config import Config, from_dict, save_config
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
 from .loss import CorrespondenceLoss
-from .runtime import agreed_stop, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads
+from .runtime import (agreed_stop, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads,
+                      worker_count)
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,11 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     state = None
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        saved = state["config"]
-        if saved != cfg.to_dict():
+        saved = from_dict(state["config"], source=str(checkpoint)).identity()
+        if saved != cfg.identity():
+            now = cfg.identity()
             diff = sorted(f"{s}.{k}" for s in saved if isinstance(saved[s], dict)
-                          for k in saved[s] if saved[s][k] != cfg.to_dict()[s].get(k))
+                          for k in saved[s] if saved[s][k] != now[s].get(k))
             raise StegoError(f"{checkpoint} was written with another config (differs in {', '.join(diff) or 'name'}); "
                              f"resume with the same preset and overrides, or use a new --out folder")
         start = state["iteration"]
@@ -232,7 +234,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     loss_fn = CorrespondenceLoss(cfg.loss)
     stop = min(t.iterations, stop_at) if stop_at is not None else t.iterations
     loader = DataLoader(source, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
-                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
+                        num_workers=worker_count(cfg.data.workers), pin_memory=device.type == "cuda")
     log_path = out / "train_log.csv"
     hist_path = out / HISTOGRAMS
     histograms = _histograms_up_to(hist_path, start)

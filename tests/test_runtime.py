@@ -84,3 +84,23 @@ def test_first_signal_requests_a_stop_second_ctrl_c_interrupts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_worker_counts_follow_the_cpus_this_process_may_use(monkeypatch):
+    from stego.errors import StegoError
+    from stego.runtime import MAX_LOADER_WORKERS, worker_count
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(10)))  # e.g. SLURM --cpus-per-task=10
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert (worker_count(-1), worker_count(-1, "crf"), worker_count(3), worker_count(0, "crf")) == (9, 10, 3, 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # bound tasks: the mask is already this rank's share
+    assert worker_count(-1) == 9
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # unbound: share the node
+    assert (worker_count(-1), worker_count(-1, "crf")) == (15, 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert worker_count(-1) == MAX_LOADER_WORKERS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert (worker_count(-1), worker_count(-1, "crf")) == (0, 1)
+    with pytest.raises(StegoError, match="data.workers"):
+        worker_count(-2)

@@ -14,7 +14,7 @@ import yaml
 import pytest
 import torch
 
-from stego.config import from_dict
+from stego.config import from_dict, with_overrides
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
 from stego.evaluate import run_eval
@@ -79,7 +79,9 @@ def test_stop_request_checkpoints_after_the_step_and_resume_matches(scenes, tmp_
     assert stopped.value.iteration == 4
     assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["iteration"] == 4
     assert not (tmp_path / "parts" / "train_summary.json").exists()
-    resumed = train(cfg, tmp_path / "parts", resume=True, should_stop=lambda: False)
+    # machine settings may change on resume and change nothing: here one DataLoader worker instead of none
+    machine = with_overrides(cfg, ["data.workers=1", "eval.crf_workers=3"])
+    resumed = train(machine, tmp_path / "parts", resume=True, should_stop=lambda: False)
     a, b = weights(whole), weights(resumed)
     for key in a:
         assert torch.equal(a[key], b[key]), key
