@@ -2,6 +2,7 @@
 checkpoint) instead of killing it in the middle of one. Plain Python, no torch: the sweep CLI imports it."""
 import contextlib
 import logging
+import os
 import signal
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,15 @@ class StopRequest:
 @contextlib.contextmanager
 def stop_on_signals(*signums: int):
     """Within the block, the first of `signums` (e.g. Ctrl-C, SIGTERM) requests a stop (yields the StopRequest);
-    a second Ctrl-C interrupts at once. Previous handlers come back on exit."""
+    a second Ctrl-C interrupts at once. Previous handlers come back on exit. Processes forked inside the block
+    (DataLoader workers, which get Ctrl-C too) ignore these signals: the loop that owns them shuts them down."""
     request = StopRequest()
     previous = {s: signal.getsignal(s) for s in signums}
+    owner = os.getpid()
 
     def on_signal(signum, frame):
+        if os.getpid() != owner:
+            return
         if request():
             raise KeyboardInterrupt
         request.set(signum)

@@ -86,6 +86,23 @@ def test_first_signal_requests_a_stop_second_ctrl_c_interrupts():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_forked_workers_ignore_the_stop_signals():
+    read, write = os.pipe()
+    with stop_on_signals(signal.SIGINT) as stop:
+        pid = os.fork()
+        if pid == 0:  # a DataLoader worker gets the terminal's Ctrl-C too: it neither stops nor raises
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                os.write(write, b"set" if stop() else b"ignored")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert not stop()
+    os.close(write)
+    assert os.read(read, 100) == b"ignored"
+
+
 def test_worker_counts_follow_the_cpus_this_process_may_use(monkeypatch):
     from stego.errors import StegoError
     from stego.runtime import MAX_LOADER_WORKERS, worker_count

@@ -90,7 +90,8 @@ def test_array_sweep_requeue_resume_cancel_and_resubmit(slurm, tmp_path, capsys)
     scenes = make_tiny_scenes(tmp_path / "scenes")
     preset = write_preset(tmp_path / "tiny.yaml", scenes, iterations=2, checkpoint_every=EVERY)
     sw = tmp_path / "sweep"
-    slow = grid_jobs(str(preset), sw, {"train.iterations": [str(SLOW)]}, seeds=[0, 1])
+    # one DataLoader worker: SLURM signals it too, and it must leave the requeue to the job
+    slow = grid_jobs(str(preset), sw, {"train.iterations": [str(SLOW)], "data.workers": ["1"]}, seeds=[0, 1])
     fast = grid_jobs(str(preset), sw, {"train.iterations": ["2"]}, seeds=[0, 1])
     killed, signalled = slow
     jobs = [killed, signalled, *fast]

@@ -344,6 +344,22 @@ def test_signal_stop_listens_only_while_training_reads_it():
     assert calls == [signal.SIGUSR2] * 2
 
 
+def test_signal_stop_is_ignored_by_forked_workers():
+    """SLURM signals every process of the job, DataLoader workers included: only the job's process may act."""
+    read, write = os.pipe()
+    stop = sweep.SignalStop(lambda signum, frame: os.write(write, b"fallback"))
+    pid = os.fork()
+    if pid == 0:  # the "worker": inherited the handler state, before and while listening
+        stop.on_signal(signal.SIGUSR2, None)
+        stop()
+        stop.on_signal(signal.SIGUSR2, None)
+        os.write(write, b"set" if stop.signal is not None else b"ignored")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    assert os.read(read, 100) == b"ignored"
+
+
 def test_stop_in_the_last_step_requeues_before_evaluating_and_the_requeue_evaluates(tmp_path, scenes, monkeypatch):
     preset = write_preset(tmp_path / "tiny.yaml", scenes, iterations=3)
     (job,) = grid_jobs(str(preset), tmp_path / "sw")
@@ -368,6 +384,27 @@ def test_stop_in_the_last_step_requeues_before_evaluating_and_the_requeue_evalua
     attempts = json.loads(Path(job.records[0]).read_text())["sweep"]["attempts"]
     assert [a["start_iteration"] for a in attempts] == [0, 3]
     assert [a["outcome"] for a in attempts] == ["requeued on signal (checkpoint saved at iteration 3)", "done"]
+
+
+def test_an_error_after_the_schedulers_sigterm_is_not_recorded_as_a_failure(tmp_path, scenes, monkeypatch):
+    """SLURM's SIGTERM (requeue, cancel) kills DataLoader workers first; the loader's error is then not the job's."""
+    preset = write_preset(tmp_path / "tiny.yaml", scenes, iterations=3)
+    (job,) = grid_jobs(str(preset), tmp_path / "sw")
+
+    def worker_killed(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly")
+
+    monkeypatch.setattr("stego.train.train", worker_killed)
+    passed_on = []
+    for terminated in (False, True):
+        stop = sweep.SignalStop(lambda signum, frame: None, lambda signum, frame: passed_on.append(signum))
+        if terminated:
+            stop.on_terminate(signal.SIGTERM, None)
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            sweep.run_job(job, tmp_path / "sw", stop)
+    first, second = sweep.read_json(sweep.state_path(tmp_path / "sw", job))["attempts"]
+    assert first["outcome"] == "failed" and "outcome" not in second  # the next attempt will say "killed"
+    assert passed_on == [signal.SIGTERM]  # submitit's own SIGTERM handler still runs
 
 
 @pytest.mark.slow

@@ -80,7 +80,8 @@ def run_job(job: Job, sweep_dir=None, should_stop=None) -> dict:
 
     Every task of a multi-task job calls it; tasks train together (data parallel) and rank 0 evaluates.
     should_stop: a `SignalStop` passed to `train` (set by the end-of-time signal); a stopped training raises
-    TrainingStopped, with the attempt left for the requeue to close.
+    TrainingStopped, with the attempt left for the requeue to close. An error after the scheduler's SIGTERM (say,
+    a DataLoader worker it killed first) also leaves the attempt open: the next attempt records it as killed.
     """
     from ..train import TrainingStopped
 
@@ -103,7 +104,10 @@ def run_job(job: Job, sweep_dir=None, should_stop=None) -> dict:
         state.note(stopped_at=stopped.iteration)
         raise
     except (Exception, KeyboardInterrupt) as err:
-        state.end(FAILED, "failed", f"{type(err).__name__}: {err}")
+        if should_stop is not None and should_stop.terminated:
+            log.warning("job %s is being killed by the scheduler (SIGTERM): %s: %s", job.id, type(err).__name__, err)
+        else:
+            state.end(FAILED, "failed", f"{type(err).__name__}: {err}")
         raise
     state.end(DONE, "done")
     if job.entry is None and rank == 0:  # the preset job's record, complete with its attempts, written last
@@ -150,23 +154,38 @@ def _train_and_evaluate(job: Job, rank: int, state: JobState, should_stop=None) 
 
 class SignalStop(StopRequest):
     """The end-of-time signal's stop request: honoured once a training step has read it (`train` then checkpoints
-    after the step and stops); before that, or after training, `fallback` (submitit's handler) runs at once."""
+    after the step and stops); before that, or after training, `fallback` (submitit's handler) runs at once.
+    Processes forked from the job (DataLoader workers, which SLURM signals too) ignore it: else a worker would run
+    submitit's handler as rank 0 and requeue the job itself. It also notes SIGTERM (`terminated`), which SLURM
+    sends before its kill on a requeue, cancel or time limit, so that the error that follows is not the job's."""
 
-    def __init__(self, fallback):
+    def __init__(self, fallback, terminate_fallback=None):
         super().__init__()
         self.fallback = fallback
+        self.terminate_fallback = terminate_fallback
         self.listening = False
+        self.terminated = False
+        self.owner = os.getpid()
 
     def __call__(self) -> bool:
         self.listening = True
         return super().__call__()
 
     def on_signal(self, signum, frame) -> None:
+        if os.getpid() != self.owner:  # a DataLoader worker forked from the job: SLURM signals it too
+            return
         if not self.listening:
             self.fallback(signum, frame)
             return
         log.warning("%s: checkpointing after this training step, then requeueing", signal.Signals(signum).name)
         self.set(signum)
+
+    def on_terminate(self, signum, frame) -> None:
+        if os.getpid() != self.owner:
+            return
+        self.terminated = True
+        if callable(self.terminate_fallback):
+            self.terminate_fallback(signum, frame)
 
     @contextlib.contextmanager
     def during_training(self):
@@ -206,8 +225,10 @@ class Requeueable:
         submitit_handler = signal.getsignal(usr_sig)
         if not callable(submitit_handler):  # not under submitit's signal handling (debug executor, direct call)
             return run_job(job, sweep_dir)
-        stop = SignalStop(submitit_handler)
+        term_handler = signal.getsignal(signal.SIGTERM)
+        stop = SignalStop(submitit_handler, term_handler)
         signal.signal(usr_sig, stop.on_signal)
+        signal.signal(signal.SIGTERM, stop.on_terminate)
         try:
             return run_job(job, sweep_dir, stop)
         except TrainingStopped as stopped:
@@ -218,6 +239,7 @@ class Requeueable:
             raise
         finally:
             signal.signal(usr_sig, submitit_handler)
+            signal.signal(signal.SIGTERM, term_handler)
 
     def checkpoint(self, job: Job, sweep_dir=None):
         from submitit.helpers import DelayedSubmission
