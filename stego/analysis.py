@@ -280,7 +280,8 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
     from . import build
     from .data.knn import KnnTable, table_path
 
-    path = table_path(cfg.data.root, cfg.model.backbone, build.reader_name(cfg), "train", cfg.data.crop, cfg.data.res)
+    path = table_path(cfg.data.root, cfg.model.backbone, build.reader_name(cfg), "train", cfg.data.crop, cfg.data.res,
+                      cfg.data.crop_ratio)
     ranks = range(1, cfg.data.num_neighbors + 1)
     try:
         table = KnnTable.load(path)

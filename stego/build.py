@@ -49,8 +49,9 @@ def val_dataset(cfg: Config, split: str = "val"):
 def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet."""
     crops, name = cfg.data.crop, reader_name(cfg)
-    path = table_path(cfg.data.root, cfg.model.backbone, name, split, crops, cfg.data.res)
-    meta = knn_meta(cfg.model.backbone, cfg.model.weights or None, name, split, crops, cfg.data.res)
+    path = table_path(cfg.data.root, cfg.model.backbone, name, split, crops, cfg.data.res, cfg.data.crop_ratio)
+    meta = knn_meta(cfg.model.backbone, cfg.model.weights or None, name, split, crops, cfg.data.res,
+                    cfg.data.crop_ratio)
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
     return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers))

@@ -120,8 +120,8 @@ def test_topk_rejects_bad_input(bad):
 def make_table(n=12, k=4, **meta):
     feats = torch.from_numpy(tie_free_feats(n, 6, k, seed=3)).float()
     idx, sims = topk_cosine(feats, k)
-    full = dict(backbone="dino_vits8", weights="random", dataset="potsdam", split="train", crops="none",
-                res=224, k=k, n=n, dropout=False, format=knn.FORMAT_VERSION, precision="fp32")
+    full = dict(backbone="dino_vits8", weights="random", dataset="potsdam", split="train", crops="five",
+                crop_ratio=0.5, res=224, k=k, n=n, dropout=False, format=knn.FORMAT_VERSION, precision="fp32")
     full.update(meta)
     return KnnTable(idx, sims, full)
 
@@ -139,7 +139,7 @@ def test_save_load_round_trip_is_weights_only(tmp_path):
 
 
 WRONG = dict(backbone="dino_vitb8", weights="x.pth:sha256:0123", dataset="cocostuff27", split="val",
-             crops="five", res=320, k=30, n=13, dropout=True)
+             crops="none", crop_ratio=0.3, res=320, k=30, n=13, dropout=True)
 
 
 @pytest.mark.parametrize("field", knn.CHECKED_KEYS)
@@ -235,7 +235,35 @@ def test_knn_meta_and_path(tmp_path):
     with pytest.raises(StegoError, match="crop type"):
         knn_meta("dino_vits8", "random", "potsdam", "train", "ten", 224)
     assert table_path(tmp_path, "dino_vitb8", "cocostuff27", "train", "five", 224) == \
-        tmp_path / "nns" / "nns_dino_vitb8_cocostuff27_train_five_224.pt"
+        tmp_path / "nns" / "nns_dino_vitb8_cocostuff27_train_five_224.pt"  # the release's name
+    assert knn_meta("dino_vits8", "random", "potsdam", "train", "five", 224, 0.3) == dict(meta, crops="five",
+                                                                                         crop_ratio=0.3)
+    assert table_path(tmp_path, "dino_vitb8", "cocostuff27", "train", "five", 224, 0.3) == \
+        tmp_path / "nns" / "nns_dino_vitb8_cocostuff27_train_five0.3_224.pt"
+
+
+def test_five_crops_of_another_ratio_get_their_own_table(tmp_path):
+    """Five-crops at ratio 0.3 are as many images as at 0.5 but other ones: never the 0.5 table."""
+    from stego import build
+    from stego.config import from_dict
+    from stego.data.fivecrop import five_crop
+
+    root = write_imagefolder(tmp_path / "data", splits=("train",), n=4).root
+    tables = {}
+    for ratio in (0.5, 0.3):
+        five_crop("imagefolder", root, "train", ratio, workers=1)
+        cfg = from_dict({"data": {"dataset": "imagefolder", "root": str(root), "crop": "five", "crop_ratio": ratio,
+                                  "res": 32, "workers": 0, "knn_k": 4},
+                         "model": {"backbone": "dino_vits16", "weights": "random"}, "train": {"device": "cpu"}})
+        dataset = build.train_dataset(cfg)
+        tables[ratio] = build.knn_table(cfg, build.backbone_for(cfg), dataset)
+        assert tables[ratio].meta["crop_ratio"] == ratio and tables[ratio].n == 20
+    assert sorted(p.name for p in (root / "nns").iterdir()) == [
+        "nns_dino_vits16_imagefolder_train_five0.3_32.pt", "nns_dino_vits16_imagefolder_train_five_32.pt"]
+    assert not torch.equal(tables[0.5].sims, tables[0.3].sims)
+    old = root / "nns" / "nns_dino_vits16_imagefolder_train_five_32.pt"
+    with pytest.raises(StegoError, match=r"crop_ratio expected 0.3 found 0.5.*--crop-ratio 0.3"):
+        KnnTable.load(old, dict(tables[0.3].meta, dropout=False))
 
 
 class TinyBackbone(nn.Module):

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CROPS = ("none", "five")
-CHECKED_KEYS = ("backbone", "weights", "dataset", "split", "crops", "res", "k", "n", "dropout")
+CHECKED_KEYS = ("backbone", "weights", "dataset", "split", "crops", "crop_ratio", "res", "k", "n", "dropout")
 
 
 def topk_cosine(feats, k, chunk=1024, key_chunk=16384, device=None):
@@ -157,21 +157,27 @@ def _hash_state(h, obj):
         h.update(repr(obj).encode())
 
 
-def knn_meta(backbone, weights, dataset, split, crops="none", res=224):
+def knn_meta(backbone, weights, dataset, split, crops="none", res=224, crop_ratio=0.5):
     """The metadata that identifies a KNN table (what it was made from), without k and n. `weights` as for
-    `build_backbone`: None stands for the official file, which is located and hashed."""
+    `build_backbone`: None stands for the official file, which is located and hashed. Five-crop tables record
+    their crop ratio (crops of another ratio are other images, in the same number)."""
     if crops not in CROPS:
         raise StegoError(f"unknown crop type {crops!r}; use one of {', '.join(CROPS)}")
     if weights is None:
         from stego.backbones import resolve_weight_file
         weights = resolve_weight_file(backbone)
-    return dict(backbone=backbone, weights=weights_id(weights), dataset=dataset, split=split,
-                crops=crops, res=int(res))
+    meta = dict(backbone=backbone, weights=weights_id(weights), dataset=dataset, split=split, crops=crops,
+                res=int(res))
+    if crops == "five":
+        meta["crop_ratio"] = float(crop_ratio)
+    return meta
 
 
-def table_path(root, backbone, dataset, split, crops="none", res=224):
-    """Where a KNN table lives by default: <root>/nns/nns_<backbone>_<dataset>_<split>_<crops>_<res>.pt
-    (the release used the same name with .npz)."""
+def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio=0.5):
+    """Where a KNN table lives by default: <root>/nns/nns_<backbone>_<dataset>_<split>_<crops>_<res>.pt (the
+    release's name, with .npz there); five-crops of a ratio other than the release's 0.5 say it: five0.3."""
+    if crops == "five" and float(crop_ratio) != 0.5:
+        crops = f"five{float(crop_ratio):g}"
     return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}.pt"
 
 
@@ -179,7 +185,7 @@ def _remine_hint(meta):
     """The command that rebuilds a table for `meta`, for error messages."""
     parts = [f"--{flag} {meta[key]}" for flag, key in
              (("dataset", "dataset"), ("split", "split"), ("backbone", "backbone"), ("crop", "crops"),
-              ("res", "res"), ("k", "k")) if key in meta]
+              ("crop-ratio", "crop_ratio"), ("res", "res"), ("k", "k")) if key in meta]
     return f"re-run `stego data knn --root DATA_ROOT {' '.join(parts)} --force` with the matching --weights"
 
 
@@ -292,6 +298,7 @@ def add_cli(data_subparsers):
     p.add_argument("--k", type=int, default=30, help="neighbours kept per image, self included (default 30)")
     p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
     p.add_argument("--crop", choices=CROPS, default="none", help="mine over five-crops or whole images")
+    p.add_argument("--crop-ratio", type=float, default=0.5, help="five-crop ratio (data.crop_ratio; default 0.5)")
     p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
     p.add_argument("--chunk", type=int, default=1024, help="query rows per similarity tile")
     p.add_argument("--key-chunk", type=int, default=16384, help="key rows per similarity tile")
@@ -310,9 +317,11 @@ def run_knn(args):
     from stego.backbones import build_backbone
     from stego.data.datasets import build_dataset
 
-    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res)
-    dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five")
-    path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res)
+    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res, args.crop_ratio)
+    dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
+                            crop_ratio=args.crop_ratio)
+    path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res,
+                                  args.crop_ratio)
     table = None if args.force else existing_table(path, table_expect(meta, args.k, len(dataset)))
     if table is None:  # build the backbone only when there is work for it
         table = mine_knn(build_backbone(args.backbone, weights=args.weights), dataset, path, meta, k=args.k,
