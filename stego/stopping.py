@@ -37,8 +37,8 @@ def stop_on_signals(*signums: int):
         if request():
             raise KeyboardInterrupt
         request.set(signum)
-        log.warning("%s: finishing this iteration and saving a checkpoint (Ctrl-C again to abort at once)",
-                    signal.Signals(signum).name)
+        again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+        log.warning("%s: finishing this iteration and saving a checkpoint%s", signal.Signals(signum).name, again)
 
     for s in signums:
         signal.signal(s, on_signal)
