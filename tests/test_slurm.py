@@ -8,6 +8,7 @@ cancelled: the status report must say so, and submitting the sweep again must ru
 SLURM cannot be started (not root, no apt-get, no package mirror).
 """
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -66,10 +67,12 @@ def _squeue_state(job_id: str) -> str:
 
 
 def _release(sweep_dir, job, job_id: str):
-    """A requeued job waits (BeginTime) before it may start again: the report says so; let it start now."""
+    """A requeued job waits (BeginTime) before it may start again: the report says so; let it start now. When
+    the array's two slots are taken meanwhile, SLURM names that reason (JobArrayTaskLimit) instead."""
     _wait(lambda: _squeue_state(job_id) == "PENDING", 60, f"{job_id} to be requeued")
     (status,) = [s for s in sweep_status(sweep_dir) if s.job.id == job.id]
-    assert status.status == RUNNING and status.detail.startswith("PENDING (BeginTime), attempt 1"), status.detail
+    assert status.status == RUNNING, status.detail
+    assert re.match(r"PENDING \((BeginTime|JobArrayTaskLimit)\), attempt 1", status.detail), status.detail
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
