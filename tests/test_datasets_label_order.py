@@ -16,6 +16,7 @@ from scipy.io import savemat
 
 from stego.constants import IGNORE
 from stego.data import datasets as D
+from stego.data import files
 from stego.data import mappings
 from stego.data.transforms import SegTransform, center_crop_box, resize_center_crop, resized_size
 from tests import fixtures as F
@@ -191,9 +192,9 @@ def test_skip_bad_skips_bad_8bit_labels(tmp_path):
 def test_value_runs_by_hand():
     table = np.zeros(256, bool)
     table[[0, 1, 2, 5, 7, 8, 255]] = True
-    assert D.value_runs(table) == [(0, 2), (5, 5), (7, 8), (255, 255)]
-    assert D.value_runs(np.zeros(256, bool)) == []
-    assert D._ranges_text(mappings.COCO_VALID_RAW) == "0-181, 255"
+    assert files.value_runs(table) == [(0, 2), (5, 5), (7, 8), (255, 255)]
+    assert files.value_runs(np.zeros(256, bool)) == []
+    assert files.ranges_text(mappings.COCO_VALID_RAW) == "0-181, 255"
 
 
 def _tables():
@@ -212,8 +213,8 @@ def _tables():
 @pytest.mark.parametrize("t", range(9))
 def test_only_valid_8bit_agrees_with_the_table_for_every_value(t):
     valid = _tables()[t]
-    runs = D.value_runs(~valid)
-    assert (len(runs) > D.MAX_RUN_CHECKS) == (t == 6)
+    runs = files.value_runs(~valid)
+    assert (len(runs) > files.MAX_RUN_CHECKS) == (t == 6)
     rng = np.random.default_rng(t)
     allowed = np.flatnonzero(valid)
     base = rng.choice(allowed, (12, 10)).astype(np.uint8) if len(allowed) else np.zeros((12, 10), np.uint8)
@@ -221,8 +222,8 @@ def test_only_valid_8bit_agrees_with_the_table_for_every_value(t):
         label = base.copy()
         label[rng.integers(12), rng.integers(10)] = v
         expected = bool(valid[label].all())  # brute force: look every pixel up
-        assert D.only_valid_8bit(label, valid, runs) == expected, v
-        assert D.only_valid_8bit(np.asfortranarray(label)[::2, ::-1], valid, runs) == bool(
+        assert files.only_valid_8bit(label, valid, runs) == expected, v
+        assert files.only_valid_8bit(np.asfortranarray(label)[::2, ::-1], valid, runs) == bool(
             valid[label[::2, ::-1]].all()), v
 
 
