@@ -14,6 +14,12 @@ class StopRequest:
 
     def __init__(self):
         self.signal: int | None = None
+        self.owner = os.getpid()
+
+    def in_owner(self) -> bool:
+        """False in processes forked after it was made (DataLoader workers, which get the same signals): they
+        must leave the stop to the process that owns the loop."""
+        return os.getpid() == self.owner
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -29,10 +35,9 @@ def stop_on_signals(*signums: int):
     (DataLoader workers, which get Ctrl-C too) ignore these signals: the loop that owns them shuts them down."""
     request = StopRequest()
     previous = {s: signal.getsignal(s) for s in signums}
-    owner = os.getpid()
 
     def on_signal(signum, frame):
-        if os.getpid() != owner:
+        if not request.in_owner():
             return
         if request():
             raise KeyboardInterrupt

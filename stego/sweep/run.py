@@ -165,14 +165,13 @@ class SignalStop(StopRequest):
         self.terminate_fallback = terminate_fallback
         self.listening = False
         self.terminated = False
-        self.owner = os.getpid()
 
     def __call__(self) -> bool:
         self.listening = True
         return super().__call__()
 
     def on_signal(self, signum, frame) -> None:
-        if os.getpid() != self.owner:  # a DataLoader worker forked from the job: SLURM signals it too
+        if not self.in_owner():  # a DataLoader worker forked from the job: SLURM signals it too
             return
         if not self.listening:
             self.fallback(signum, frame)
@@ -181,7 +180,7 @@ class SignalStop(StopRequest):
         self.set(signum)
 
     def on_terminate(self, signum, frame) -> None:
-        if os.getpid() != self.owner:
+        if not self.in_owner():
             return
         self.terminated = True
         if callable(self.terminate_fallback):
