@@ -60,8 +60,9 @@ def crf_pool(cfg: Config):
 
 
 def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
-             desc: str = "eval") -> dict:
-    """Scores of both probes over `dataset` (and after DenseCRF when `crf`); returns the metrics section."""
+             desc: str = "eval", should_stop=None) -> dict | None:
+    """Scores of both probes over `dataset` (and after DenseCRF when `crf`); returns the metrics section, or None
+    when `should_stop()` (asked before each batch) turns true first: a stop signal must not wait for a long pass."""
     device = device or next(model.parameters()).device
     crf = cfg.eval.crf if crf is None else crf
     limit = cfg.eval.max_images if max_images is None else max_images
@@ -79,7 +80,10 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
     timings = {"network": 0.0, "crf": 0.0}
     pool = crf_pool(cfg) if crf else None
     try:
-        for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
+        for done, batch in enumerate(tqdm(loader, desc=desc, dynamic_ncols=True)):
+            if should_stop is not None and should_stop():
+                log.warning("%s interrupted on request after %d of %d batches", desc, done, len(loader))
+                return None
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
@@ -105,11 +109,17 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
 
 
 def validator(cfg: Config):
-    """validate(model, backbone) -> validation cluster mIoU without CRF, when the config validates during training."""
+    """validate(model, backbone, should_stop=None) -> validation cluster mIoU without CRF (None if stopped first),
+    when the config validates during training."""
     if not cfg.train.val_every:
         return None
     val = build.val_dataset(cfg)
-    return lambda model, backbone: evaluate(model, backbone, val, cfg, crf=False, desc="val")["cluster"]["miou"]
+
+    def validate(model, backbone, should_stop=None):
+        metrics = evaluate(model, backbone, val, cfg, crf=False, desc="val", should_stop=should_stop)
+        return None if metrics is None else metrics["cluster"]["miou"]
+
+    return validate
 
 
 def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, overrides=()):

@@ -65,13 +65,18 @@ def agreed_stop(should_stop, iteration: int, world: int, device) -> bool:
     """`should_stop()` (asked every iteration, no device work) on any rank -> True on every rank at the same
     iteration: several processes all-reduce one number every STOP_CHECK_EVERY iterations."""
     asked = bool(should_stop())
-    if world <= 1:
-        return asked
-    if iteration % STOP_CHECK_EVERY:
+    if world > 1 and iteration % STOP_CHECK_EVERY:
         return False
-    flag = torch.tensor([1.0 if asked else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return any_rank(asked, world, device)
+
+
+def any_rank(flag: bool, world: int, device) -> bool:
+    """`flag` of any rank, on every rank (one all-reduce when several processes; every rank must call it)."""
+    if world <= 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def distributed() -> tuple[int, int]:

@@ -18,7 +18,7 @@ from .config import Config, from_dict, save_config
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
 from .loss import CorrespondenceLoss
-from .runtime import (agreed_stop, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads,
+from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads,
                       worker_count)
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,11 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     """Train the head and probes; writes config.yaml, train_log.csv and checkpoint.pt under `out_dir`.
 
     stop_at: end after this many iterations as if interrupted (tests; a later resume continues).
-    validate: optional callable(model, backbone) -> cluster mIoU, run every train.val_every iterations.
+    validate: optional callable(model, backbone, should_stop) -> cluster mIoU, or None when `should_stop` cut it
+    short; run every train.val_every iterations.
     should_stop: optional callable() -> bool read after each step (e.g. a `runtime.StopRequest` set by SLURM's
     end-of-time signal); when true on any rank, the step's checkpoint is saved and TrainingStopped is raised.
+    A validation that is due or running then is owed: the checkpoint says so and resume runs it first.
     Returns the checkpoint to evaluate (best.pt with train.select_on_val, else checkpoint.pt).
     """
     out = Path(out_dir)
@@ -225,12 +227,28 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     else:
         source = ByEpoch(dataset)
     best = {"miou": float("-inf"), "iteration": None}
+    owed = False  # the checkpoint's iteration was due a validation that a stop request cut short
     if state is not None:
         model.load_state_dict(state["model"])
         for opt, saved in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(saved)
         best = state.get("best", best)
+        owed = bool(state.get("validation_owed", False)) and validate is not None
         log.info("resuming %s at iteration %d of %d", out, start, t.iterations)
+
+    def validated(at: int) -> bool:
+        """Validate the model of iteration `at` and keep the best; False when a stop request cut it short."""
+        nonlocal best
+        miou = validate(model, backbone, should_stop)
+        model.train()
+        if miou is None:
+            return False
+        log.info("iteration %d: validation cluster mIoU %.2f", at, 100 * miou)
+        if miou > best["miou"]:
+            best = {"miou": miou, "iteration": at}
+            if rank == 0 and t.select_on_val:
+                save_checkpoint(out / BEST, model, optimizers, at, cfg, {"best": best})
+        return True
     loss_fn = CorrespondenceLoss(cfg.loss)
     stop = min(t.iterations, stop_at) if stop_at is not None else t.iterations
     loader = DataLoader(source, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
@@ -248,6 +266,11 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     if writer and log_path.stat().st_size == 0:
         writer.writeheader()
     model.train()
+    if owed:  # a stop request cut the checkpoint's validation short: run it before going on
+        if any_rank(not validated(start), world, device):
+            raise TrainingStopped(start, checkpoint)
+        if rank == 0:
+            save_checkpoint(checkpoint, model, optimizers, start, cfg, {"best": best})
     began = time.perf_counter()
     it = start
     try:
@@ -264,21 +287,17 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
             if rank == 0 and distil and t.hist_every and (it % t.hist_every == 0 or it == stop):
                 histograms.append(correlation_histograms(it, out_loss.code_corr))
                 atomic_save_json(histograms, hist_path)
-            if validate and t.val_every and it % t.val_every == 0:
-                miou = validate(model, backbone)
-                model.train()
-                log.info("iteration %d: validation cluster mIoU %.2f", it, 100 * miou)
-                if miou > best["miou"]:
-                    best = {"miou": miou, "iteration": it}
-                    if rank == 0 and t.select_on_val:
-                        save_checkpoint(out / BEST, model, optimizers, it, cfg, {"best": best})
-            saved = it % t.checkpoint_every == 0 or it == stop
-            if rank == 0 and saved:
-                save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best})
-            if should_stop is not None and it < stop and agreed_stop(should_stop, it, world, device):
-                if rank == 0 and not saved:
-                    save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best})
-                log.warning("stopping on request at iteration %d of %d; %s holds it", it, t.iterations, checkpoint)
+            stopping = should_stop is not None and it < stop and agreed_stop(should_stop, it, world, device)
+            owed = bool(validate and t.val_every and it % t.val_every == 0)
+            if owed and not stopping:
+                owed = not validated(it)
+                # every rank validates this iteration, so all can agree here whatever the iteration
+                stopping = should_stop is not None and any_rank(owed or (it < stop and should_stop()), world, device)
+            if rank == 0 and (stopping or it % t.checkpoint_every == 0 or it == stop):
+                save_checkpoint(checkpoint, model, optimizers, it, cfg, {"best": best, "validation_owed": owed})
+            if stopping:
+                log.warning("stopping on request at iteration %d of %d; %s holds it%s", it, t.iterations, checkpoint,
+                            " (its validation runs on resume)" if owed else "")
                 raise TrainingStopped(it, checkpoint)
     finally:
         if log_file:

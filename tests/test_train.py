@@ -1,5 +1,6 @@
 """Training: resume after an interruption gives the same weights; a stop request (Ctrl-C, end-of-time signal)
-checkpoints after its step; checkpoints and records are safe to read."""
+checkpoints after its step, and a validation it skips or cuts short runs first on resume; checkpoints and
+records are safe to read."""
 import csv
 import json
 import os
@@ -17,7 +18,8 @@ import torch
 from stego.config import from_dict, with_overrides
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
-from stego.evaluate import run_eval
+from stego.build import val_dataset
+from stego.evaluate import evaluate, load_for_eval, run_eval, validator
 from stego.train import TrainingStopped, load_checkpoint, train
 
 
@@ -87,6 +89,91 @@ def test_stop_request_checkpoints_after_the_step_and_resume_matches(scenes, tmp_
         assert torch.equal(a[key], b[key]), key
     with open(tmp_path / "parts" / "train_log.csv") as f:
         assert [int(r["attempt_start"]) for r in csv.DictReader(f)] == [0] * 4 + [4] * 4
+
+
+class Recorded:
+    """The suite's validator, recording each finished validation's mIoU (None: cut short by a stop request)."""
+
+    def __init__(self, cfg):
+        self.validate, self.results = validator(cfg), []
+
+    def __call__(self, model, backbone, should_stop=None):
+        self.results.append(self.validate(model, backbone, should_stop))
+        return self.results[-1]
+
+
+@pytest.mark.parametrize("asked_at_read, cut_short", [(4, 0), (6, 1)])
+def test_a_validation_a_stop_skips_or_cuts_short_runs_first_on_resume(scenes, tmp_path, asked_at_read, cut_short):
+    """Reads of the stop request: one per step, one per validation batch (2 here). Read 4 comes with step 4, whose
+    validation is then skipped; read 6 comes before the second batch of that validation. Either way the
+    checkpoint of iteration 4 owes it, resume runs it first, and selection ends as in an uninterrupted run."""
+    cfg = tiny(scenes, val_every=4, select_on_val=True)
+    whole, parts = Recorded(cfg), Recorded(cfg)
+    best_whole = train(cfg, tmp_path / "whole", validate=whole)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, tmp_path / "parts", validate=parts, should_stop=StopAfter(asked_at_read))
+    assert stopped.value.iteration == 4 and parts.results == [None] * cut_short
+    state = load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
+    assert state["iteration"] == 4 and state["validation_owed"]
+    best_parts = train(cfg, tmp_path / "parts", validate=parts, resume=True, should_stop=lambda: False)
+    assert parts.results[cut_short:] == whole.results and len(whole.results) == 2
+    assert not load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["validation_owed"]
+    summaries = [json.loads((tmp_path / run / "train_summary.json").read_text()) for run in ("whole", "parts")]
+    assert summaries[0]["best"] == summaries[1]["best"] and summaries[0]["best"]["iteration"] in (4, 8)
+    a, b = weights(best_whole), weights(best_parts)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_stop_during_the_resumed_validation_stops_again_and_still_owes_it(scenes, tmp_path):
+    cfg = tiny(scenes, val_every=4)
+    with pytest.raises(TrainingStopped):
+        train(cfg, tmp_path / "run", validate=Recorded(cfg), should_stop=StopAfter(4))
+    again = Recorded(cfg)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, tmp_path / "run", validate=again, resume=True, should_stop=StopAfter(2))
+    assert stopped.value.iteration == 4 and again.results == [None]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["validation_owed"]
+
+
+def test_evaluation_asked_to_stop_returns_nothing_partial(scenes, tmp_path):
+    cfg = tiny(scenes, iterations=1)
+    _, model, backbone = load_for_eval(train(cfg, tmp_path / "run"))
+    val = val_dataset(cfg)
+    assert evaluate(model, backbone, val, cfg, should_stop=StopAfter(2)) is None
+    assert evaluate(model, backbone, val, cfg, should_stop=lambda: False)["images"] == len(val)
+
+
+def _two_rank_worker(rank, world, port, cfg_dict, out, stop_reads):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    cfg = from_dict(cfg_dict)
+    should_stop = StopAfter(stop_reads) if rank == 1 and stop_reads else (lambda: False)
+    try:
+        train(cfg, out, resume=Path(out, "checkpoint.pt").exists(), validate=validator(cfg), should_stop=should_stop)
+    except TrainingStopped as stopped:
+        Path(out, f"stopped{rank}").write_text(str(stopped.iteration))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_validation_cut_short_on_one_rank_stops_both_ranks_there(scenes, tmp_path):
+    """Rank 1 alone is asked to stop during the validation of iteration 4 (an iteration where the every-10
+    agreement would not look): both ranks stop at 4, and the resumed pair ends as an uninterrupted pair."""
+    import torch.multiprocessing as mp
+
+    cfg = tiny(scenes, val_every=4, select_on_val=True).to_dict()
+    port = 29500 + (os.getpid() + 211) % 1000
+    mp.spawn(_two_rank_worker, args=(2, port, cfg, str(tmp_path / "whole"), 0), nprocs=2)
+    mp.spawn(_two_rank_worker, args=(2, port + 1, cfg, str(tmp_path / "parts"), 6), nprocs=2)
+    assert [(tmp_path / "parts" / f"stopped{r}").read_text() for r in range(2)] == ["4", "4"]
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["iteration"] == 4
+    mp.spawn(_two_rank_worker, args=(2, port + 2, cfg, str(tmp_path / "parts"), 0), nprocs=2)
+    summaries = [json.loads((tmp_path / run / "train_summary.json").read_text()) for run in ("whole", "parts")]
+    assert summaries[0]["best"] == summaries[1]["best"] and summaries[1]["world_size"] == 2
+    a, b = weights(tmp_path / "whole" / "best.pt"), weights(tmp_path / "parts" / "best.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.slow

@@ -197,8 +197,9 @@ class SignalStop(StopRequest):
 
 class Requeueable:
     """What is submitted: calls `run_job`. On SLURM's end-of-time or preemption signal (USR2) during training, the
-    step in flight finishes, a checkpoint is saved, and then submitit's handler runs: it calls `checkpoint`
-    (which notes the signal and resubmits the same job) and requeues the job, which resumes from that checkpoint.
+    step in flight finishes (a validation in flight stops at its next batch and is owed), a checkpoint is saved,
+    and then submitit's handler runs: it calls `checkpoint` (which notes the signal and resubmits the same job)
+    and requeues the job, which resumes from that checkpoint.
     Outside training (KNN mining, evaluation) submitit's handler runs at once and the requeued job redoes that
     stage, resuming training from its newest checkpoint.
     """
