@@ -278,16 +278,13 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
     """KNN co-occurrence and (five-crop) self-match from the training split's table; a missing table or data
     set is recorded as the reason they were skipped, not an error (the evaluation itself stands)."""
     from . import build
-    from .data.knn import KnnTable, table_path
+    from .data.knn import KnnTable, table_expect
 
-    path = table_path(cfg.data.root, cfg.model.backbone, build.reader_name(cfg), "train", cfg.data.crop, cfg.data.res,
-                      cfg.data.crop_ratio)
+    path = build.knn_path(cfg)
     ranks = range(1, cfg.data.num_neighbors + 1)
     try:
-        table = KnnTable.load(path)
         dataset = build.train_dataset(cfg)
-        if len(dataset) != table.n:
-            raise StegoError(f"KNN table {path} has {table.n} rows but the training split has {len(dataset)} items")
+        table = KnnTable.load(path, table_expect(build.knn_table_meta(cfg), cfg.data.knn_k, len(dataset)))
     except (StegoError, OSError) as err:
         reason = str(err).splitlines()[0]
         log.info("KNN analyses skipped: %s", reason)

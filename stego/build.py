@@ -46,12 +46,22 @@ def val_dataset(cfg: Config, split: str = "val"):
     return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res, **reader_options(cfg))
 
 
+def knn_path(cfg: Config, split: str = "train") -> Path:
+    """Where the split's KNN table lives (a random-init backbone's table names its seed, see `table_path`)."""
+    random_seed = cfg.train.seed if cfg.model.weights == "random" else None
+    return table_path(cfg.data.root, cfg.model.backbone, reader_name(cfg), split, cfg.data.crop, cfg.data.res,
+                      cfg.data.crop_ratio, random_seed)
+
+
+def knn_table_meta(cfg: Config, split: str = "train") -> dict:
+    """What the split's KNN table must have been made from (see `knn_meta`; the official weights are hashed)."""
+    return knn_meta(cfg.model.backbone, cfg.model.weights or None, reader_name(cfg), split, cfg.data.crop,
+                    cfg.data.res, cfg.data.crop_ratio, cfg.train.seed)
+
+
 def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet."""
-    crops, name = cfg.data.crop, reader_name(cfg)
-    path = table_path(cfg.data.root, cfg.model.backbone, name, split, crops, cfg.data.res, cfg.data.crop_ratio)
-    meta = knn_meta(cfg.model.backbone, cfg.model.weights or None, name, split, crops, cfg.data.res,
-                    cfg.data.crop_ratio)
+    path, meta = knn_path(cfg, split), knn_table_meta(cfg, split)
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
     return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers))

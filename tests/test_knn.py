@@ -164,8 +164,11 @@ def test_load_lists_all_differing_fields(tmp_path):
 
 
 def test_missing_table_says_how_to_make_it(tmp_path):
-    with pytest.raises(MissingFileError, match=r"nope\.pt not found; re-run `stego data knn .*--dataset potsdam"):
-        KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam"))
+    with pytest.raises(MissingFileError, match=r"nope\.pt not found; mine it with `stego data knn .*--dataset potsdam"
+                                               r" --k 7` with the matching --weights$"):
+        KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam", weights="dino.pth:sha256:0", k=7))
+    with pytest.raises(MissingFileError, match=r"not found; mine it with `stego data knn` \(its options"):
+        KnnTable.load(tmp_path / "nope.pt")
 
 
 def corrupt(path, table):
@@ -240,6 +243,44 @@ def test_knn_meta_and_path(tmp_path):
                                                                                          crop_ratio=0.3)
     assert table_path(tmp_path, "dino_vitb8", "cocostuff27", "train", "five", 224, 0.3) == \
         tmp_path / "nns" / "nns_dino_vitb8_cocostuff27_train_five0.3_224.pt"
+    assert knn_meta("dino_vits8", "random", "potsdam", "train", "none", 224, seed=3) == dict(meta,
+                                                                                            weights="random:seed3")
+    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", "none", 224, random_seed=3) == \
+        tmp_path / "nns" / "nns_dino_vits8_potsdam_train_none_224_seed3.pt"
+    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", random_seed=0).name == \
+        "nns_dino_vits8_potsdam_train_none_224.pt"  # seed 0 keeps the name tables had before seeds counted
+
+
+def test_random_backbones_of_other_seeds_get_their_own_table_which_the_cli_reproduces(tmp_path):
+    """Training draws its random-init backbone after torch.manual_seed(train.seed): seed 1 is another backbone,
+    so another table; `stego data knn --weights random --seed 1` mines exactly the table training mines."""
+    from stego import build
+    from stego.config import from_dict
+
+    tables = {}
+    for seed in (0, 1):
+        root = write_imagefolder(tmp_path / f"train{seed}", splits=("train",), n=6).root
+        cfg = from_dict({"data": {"dataset": "imagefolder", "root": str(root), "crop": "none", "res": 32,
+                                  "workers": 0, "knn_k": 4},
+                         "model": {"backbone": "dino_vits16", "weights": "random"},
+                         "train": {"device": "cpu", "seed": seed}})
+        torch.manual_seed(seed)  # as train() does before building the backbone
+        tables[seed] = build.knn_table(cfg, build.backbone_for(cfg), build.train_dataset(cfg))
+        assert build.knn_path(cfg).exists()
+    assert build.knn_path(cfg).name == "nns_dino_vits16_imagefolder_train_none_32_seed1.pt"
+    assert tables[1].meta["weights"] == "random:seed1" and tables[0].meta["weights"] == "random"
+    assert not torch.equal(tables[0].sims, tables[1].sims)
+    root = write_imagefolder(tmp_path / "cli", splits=("train",), n=6).root
+    torch.manual_seed(123)  # the CLI seeds the init itself
+    args = knn_parser().parse_args(["knn", "--dataset", "imagefolder", "--root", str(root), "--split", "train",
+                                    "--backbone", "dino_vits16", "--weights", "random", "--seed", "1", "--res",
+                                    "32", "--k", "4", "--workers", "0", "--device", "cpu"])
+    assert args.func(args) == 0
+    mined = KnnTable.load(root / "nns" / "nns_dino_vits16_imagefolder_train_none_32_seed1.pt", tables[1].meta)
+    assert torch.equal(mined.indices, tables[1].indices) and torch.equal(mined.sims, tables[1].sims)
+    with pytest.raises(StegoError, match=r"weights expected 'random:seed2' found 'random:seed1'.*--seed 2 --force"):
+        KnnTable.load(root / "nns" / "nns_dino_vits16_imagefolder_train_none_32_seed1.pt",
+                      dict(tables[1].meta, weights="random:seed2"))
 
 
 def test_five_crops_of_another_ratio_get_their_own_table(tmp_path):

@@ -157,36 +157,48 @@ def _hash_state(h, obj):
         h.update(repr(obj).encode())
 
 
-def knn_meta(backbone, weights, dataset, split, crops="none", res=224, crop_ratio=0.5):
+def knn_meta(backbone, weights, dataset, split, crops="none", res=224, crop_ratio=0.5, seed=0):
     """The metadata that identifies a KNN table (what it was made from), without k and n. `weights` as for
-    `build_backbone`: None stands for the official file, which is located and hashed. Five-crop tables record
+    `build_backbone`: None stands for the official file, which is located and hashed; "random" is the init drawn
+    after torch.manual_seed(seed), recorded as "random:seed<k>" for seeds other than 0. Five-crop tables record
     their crop ratio (crops of another ratio are other images, in the same number)."""
     if crops not in CROPS:
         raise StegoError(f"unknown crop type {crops!r}; use one of {', '.join(CROPS)}")
     if weights is None:
         from stego.backbones import resolve_weight_file
         weights = resolve_weight_file(backbone)
-    meta = dict(backbone=backbone, weights=weights_id(weights), dataset=dataset, split=split, crops=crops,
-                res=int(res))
+    identity = weights_id(weights)
+    if identity == "random" and seed:
+        identity = f"random:seed{int(seed)}"
+    meta = dict(backbone=backbone, weights=identity, dataset=dataset, split=split, crops=crops, res=int(res))
     if crops == "five":
         meta["crop_ratio"] = float(crop_ratio)
     return meta
 
 
-def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio=0.5):
+def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio=0.5, random_seed=None):
     """Where a KNN table lives by default: <root>/nns/nns_<backbone>_<dataset>_<split>_<crops>_<res>.pt (the
-    release's name, with .npz there); five-crops of a ratio other than the release's 0.5 say it: five0.3."""
+    release's name, with .npz there); five-crops of a ratio other than the release's 0.5 say it: five0.3; a
+    random-init backbone drawn from a seed other than 0 (`random_seed`) is another backbone: _seed3."""
     if crops == "five" and float(crop_ratio) != 0.5:
         crops = f"five{float(crop_ratio):g}"
-    return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}.pt"
+    seed = f"_seed{int(random_seed)}" if random_seed else ""
+    return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}{seed}.pt"
 
 
-def _remine_hint(meta):
-    """The command that rebuilds a table for `meta`, for error messages."""
+def _remine_hint(meta, force=True):
+    """The command that (re)builds a table for `meta`, for error messages (DATA_ROOT and a weight file to fill in)."""
+    if not meta:
+        return "mine it with `stego data knn` (its options: `stego data knn --help`, docs/data.md)"
     parts = [f"--{flag} {meta[key]}" for flag, key in
              (("dataset", "dataset"), ("split", "split"), ("backbone", "backbone"), ("crop", "crops"),
               ("crop-ratio", "crop_ratio"), ("res", "res"), ("k", "k")) if key in meta]
-    return f"re-run `stego data knn --root DATA_ROOT {' '.join(parts)} --force` with the matching --weights"
+    weights = str(meta.get("weights", ""))
+    if weights.startswith("random"):
+        parts.append("--weights random" + (f" --seed {weights[len('random:seed'):]}" if ":seed" in weights else ""))
+    command = " ".join(["stego data knn --root DATA_ROOT", *parts] + (["--force"] if force else []))
+    return (f"{'re-run' if force else 'mine it with'} `{command}`"
+            + ("" if weights.startswith("random") else " with the matching --weights"))
 
 
 @dataclass
@@ -216,7 +228,7 @@ class KnnTable:
         path = Path(path)
         hint = _remine_hint(expect or {})
         if not path.is_file():
-            raise MissingFileError(f"KNN table {path} not found; {hint.replace(' --force', '')}")
+            raise MissingFileError(f"KNN table {path} not found; {_remine_hint(expect or {}, force=False)}")
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
             table = cls(raw["indices"], raw["sims"], dict(raw["meta"]))
@@ -295,6 +307,8 @@ def add_cli(data_subparsers):
     p.add_argument("--split", required=True, help="split to mine within (train, val, ...)")
     p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
     p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --weights random: torch seed of the init (train.seed of the run that uses it)")
     p.add_argument("--k", type=int, default=30, help="neighbours kept per image, self included (default 30)")
     p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
     p.add_argument("--crop", choices=CROPS, default="none", help="mine over five-crops or whole images")
@@ -317,13 +331,16 @@ def run_knn(args):
     from stego.backbones import build_backbone
     from stego.data.datasets import build_dataset
 
-    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res, args.crop_ratio)
+    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res, args.crop_ratio,
+                    args.seed)
     dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
                             crop_ratio=args.crop_ratio)
+    random_seed = args.seed if args.weights == "random" else None
     path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res,
-                                  args.crop_ratio)
+                                  args.crop_ratio, random_seed)
     table = None if args.force else existing_table(path, table_expect(meta, args.k, len(dataset)))
     if table is None:  # build the backbone only when there is work for it
+        torch.manual_seed(args.seed)  # training draws a random-init backbone right after the same call
         table = mine_knn(build_backbone(args.backbone, weights=args.weights), dataset, path, meta, k=args.k,
                          batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
                          device=args.device, workers=args.workers, amp=args.amp, force=True)
