@@ -249,6 +249,12 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
             if rank == 0 and t.select_on_val:
                 save_checkpoint(out / BEST, model, optimizers, at, cfg, {"best": best})
         return True
+
+    if owed:  # a stop request cut the checkpoint's validation short: run it before going on
+        if any_rank(not validated(start), world, device):
+            raise TrainingStopped(start, checkpoint)
+        if rank == 0:
+            save_checkpoint(checkpoint, model, optimizers, start, cfg, {"best": best})
     loss_fn = CorrespondenceLoss(cfg.loss)
     stop = min(t.iterations, stop_at) if stop_at is not None else t.iterations
     loader = DataLoader(source, batch_sampler=ResumableBatches(len(dataset), t.batch_size, t.seed, start, stop, rank, world),
@@ -266,11 +272,6 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     if writer and log_path.stat().st_size == 0:
         writer.writeheader()
     model.train()
-    if owed:  # a stop request cut the checkpoint's validation short: run it before going on
-        if any_rank(not validated(start), world, device):
-            raise TrainingStopped(start, checkpoint)
-        if rank == 0:
-            save_checkpoint(checkpoint, model, optimizers, start, cfg, {"best": best})
     began = time.perf_counter()
     it = start
     try:
