@@ -48,9 +48,8 @@ def val_dataset(cfg: Config, split: str = "val"):
 
 def knn_path(cfg: Config, split: str = "train") -> Path:
     """Where the split's KNN table lives (a random-init backbone's table names its seed, see `table_path`)."""
-    random_seed = cfg.train.seed if cfg.model.weights == "random" else None
     return table_path(cfg.data.root, cfg.model.backbone, reader_name(cfg), split, cfg.data.crop, cfg.data.res,
-                      cfg.data.crop_ratio, random_seed)
+                      cfg.data.crop_ratio, cfg.model.weights, cfg.train.seed)
 
 
 def knn_table_meta(cfg: Config, split: str = "train") -> dict:

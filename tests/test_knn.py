@@ -245,10 +245,15 @@ def test_knn_meta_and_path(tmp_path):
         tmp_path / "nns" / "nns_dino_vitb8_cocostuff27_train_five0.3_224.pt"
     assert knn_meta("dino_vits8", "random", "potsdam", "train", "none", 224, seed=3) == dict(meta,
                                                                                             weights="random:seed3")
-    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", "none", 224, random_seed=3) == \
+    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", "none", 224, weights="random", seed=3) == \
         tmp_path / "nns" / "nns_dino_vits8_potsdam_train_none_224_seed3.pt"
-    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", random_seed=0).name == \
+    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", weights="random", seed=0).name == \
         "nns_dino_vits8_potsdam_train_none_224.pt"  # seed 0 keeps the name tables had before seeds counted
+    weight_file = tmp_path / "dino.pth"  # official weights are the same backbone whatever the run's seed
+    weight_file.write_bytes(b"weights")
+    assert table_path(tmp_path, "dino_vits8", "potsdam", "train", weights=str(weight_file), seed=3).name == \
+        "nns_dino_vits8_potsdam_train_none_224.pt"
+    assert knn_meta("dino_vits8", str(weight_file), "potsdam", "train", seed=3)["weights"].startswith("dino.pth:")
 
 
 def test_random_backbones_of_other_seeds_get_their_own_table_which_the_cli_reproduces(tmp_path):

@@ -167,23 +167,26 @@ def knn_meta(backbone, weights, dataset, split, crops="none", res=224, crop_rati
     if weights is None:
         from stego.backbones import resolve_weight_file
         weights = resolve_weight_file(backbone)
-    identity = weights_id(weights)
-    if identity == "random" and seed:
-        identity = f"random:seed{int(seed)}"
-    meta = dict(backbone=backbone, weights=identity, dataset=dataset, split=split, crops=crops, res=int(res))
+    tag = _seed_tag(weights, seed)
+    meta = dict(backbone=backbone, weights=f"random:{tag}" if tag else weights_id(weights), dataset=dataset, split=split, crops=crops, res=int(res))
     if crops == "five":
         meta["crop_ratio"] = float(crop_ratio)
     return meta
 
 
-def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio=0.5, random_seed=None):
+def _seed_tag(weights, seed) -> str:
+    """"seed<k>" for a random init drawn from a seed other than 0 (another backbone than seed 0's), else ""."""
+    return f"seed{int(seed)}" if isinstance(weights, str) and weights == "random" and seed else ""
+
+
+def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio=0.5, weights=None, seed=0):
     """Where a KNN table lives by default: <root>/nns/nns_<backbone>_<dataset>_<split>_<crops>_<res>.pt (the
     release's name, with .npz there); five-crops of a ratio other than the release's 0.5 say it: five0.3; a
-    random-init backbone drawn from a seed other than 0 (`random_seed`) is another backbone: _seed3."""
+    random init (`weights` "random") drawn from a seed other than 0 is another backbone: _seed3."""
     if crops == "five" and float(crop_ratio) != 0.5:
         crops = f"five{float(crop_ratio):g}"
-    seed = f"_seed{int(random_seed)}" if random_seed else ""
-    return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}{seed}.pt"
+    tag = _seed_tag(weights, seed)
+    return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}{'_' + tag if tag else ''}.pt"
 
 
 def _remine_hint(meta, force=True):
@@ -335,9 +338,8 @@ def run_knn(args):
                     args.seed)
     dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
                             crop_ratio=args.crop_ratio)
-    random_seed = args.seed if args.weights == "random" else None
     path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res,
-                                  args.crop_ratio, random_seed)
+                                  args.crop_ratio, args.weights, args.seed)
     table = None if args.force else existing_table(path, table_expect(meta, args.k, len(dataset)))
     if table is None:  # build the backbone only when there is work for it
         torch.manual_seed(args.seed)  # training draws a random-init backbone right after the same call
