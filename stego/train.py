@@ -18,8 +18,8 @@ from .config import Config, from_dict, save_config
 from .errors import StegoError
 from .io import atomic_save_json, atomic_write
 from .loss import CorrespondenceLoss
-from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device, set_threads,
-                      worker_count)
+from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device,
+                      set_threads, worker_count)
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ CHECKPOINT = "checkpoint.pt"
 HISTOGRAMS = "code_corr_hist.json"
 HIST_BINS = 40
 BEST = "best.pt"
-LOG_FIELDS = ["iteration", "attempt_start", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn", "corr_rand",
-              "linear_loss", "cluster_loss", "seconds"]
+LOG_FIELDS = ["iteration", "attempt_start", "loss", "loss_self", "loss_knn", "loss_rand", "corr_self", "corr_knn",
+              "corr_rand", "linear_loss", "cluster_loss", "seconds"]
 FORMAT = 1
 
 
