@@ -88,7 +88,7 @@ def test_shapes_all_backbones(name, h, w):
     model = _seeded(name)
     spec = BACKBONES[name]
     assert (model.name, model.dim, model.patch) == (name, spec.dim, spec.patch)
-    feats = model.features(_images(2, h, w))
+    feats = model(_images(2, h, w))
     assert feats.shape == (2, spec.dim, h // spec.patch, w // spec.patch)
     assert feats.dtype == torch.float32 and torch.isfinite(feats).all()
 
@@ -309,4 +309,4 @@ def test_register_custom_backbone():
     finally:
         for name in ("test_pool", "test_pool_spec"):
             BACKBONES.pop(name)
-            backbones._FACTORIES.pop(name)
+            backbones.registry._FACTORIES.pop(name)

@@ -9,7 +9,7 @@ from stego.backbones import Backbone, build_backbone
 from stego.data.synthetic import SceneSpec, render_scene_modes, scene_rng
 from stego.data.transforms import normalize
 from stego.errors import StegoError
-from stego.filterbank import CONTRAST_REF, EPS, GREY, FilterBank, gabor_pair
+from stego.backbones.filterbank import CONTRAST_REF, EPS, GREY, FilterBank, gabor_pair
 
 
 def as_input(rgb):

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import Backbone
-from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .errors import StegoError
+from stego.constants import IMAGENET_MEAN, IMAGENET_STD
+from stego.errors import StegoError
+
+from .registry import Backbone, BackboneSpec, register_backbone
 
 NAME = "filterbank"
 GREY = 0.45
@@ -109,3 +110,6 @@ class FilterBank(Backbone):
 def build_filterbank(weights=None, weights_dir=None, **options) -> FilterBank:
     """The `filterbank` backbone factory. `weights` and `weights_dir` are ignored: the bank has no weights."""
     return FilterBank(**options)
+
+
+register_backbone(BackboneSpec(NAME, "custom", 0, 0, family="filterbank"), build_filterbank)
