@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .errors import MissingFileError, StegoError
 from .model import ClusterProbe, LinearProbe, SegmentationHead
-from .pickled import few, read_checkpoint, to_plain
+from .pickled import few, inert_globals, read_checkpoint, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ class ReleasedCheckpoint:
 def load_released_checkpoint(path, trusted: bool = False) -> ReleasedCheckpoint:
     """Read a released STEGO Lightning checkpoint and map it onto our modules and config.
 
-    trusted: also accept pickled objects other than tensors, containers and omegaconf configs (read as inert
-    placeholders). Unknown or missing state_dict keys, and tensors that disagree with the stored config, are
+    trusted: accept pickled objects other than tensors, containers and omegaconf configs inside the state dict and
+    hyper-parameters (read as inert placeholders). Elsewhere (e.g. the callback state of Lightning < 1.5, keyed by
+    the ModelCheckpoint class) they are placeholders that evaluation never reads, so no trust is needed. Unknown or missing state_dict keys, and tensors that disagree with the stored config, are
     one-line StegoErrors naming the file.
     """
     path = Path(path)
@@ -108,12 +109,21 @@ def load_released_checkpoint(path, trusted: bool = False) -> ReleasedCheckpoint:
             f"released checkpoint {path} not found: download {' / '.join(RELEASE_FILES)} from {RELEASE_URL} "
             f"and pass the file's path"
         )
-    raw = read_checkpoint(path, trusted)
+    raw = read_checkpoint(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
         raise StegoError(f"{path} has no 'state_dict': it is not a Lightning checkpoint of the STEGO release")
     if "hyper_parameters" not in raw:
         raise StegoError(f"{path} has no 'hyper_parameters': it is not a Lightning checkpoint of the STEGO release")
     hparams = to_plain(raw["hyper_parameters"])
+    needed = inert_globals(raw["state_dict"], hparams)
+    if needed and not trusted:
+        raise StegoError(f"{path}: its state dict or hyper-parameters pickle objects other than tensors and configs "
+                         f"({few(needed)}); checkpoints are pickles: if you trust the file's source, pass "
+                         f"--trust-checkpoint (trusted=True) to read them as inert placeholders (nothing runs)")
+    ignored = inert_globals({k: v for k, v in raw.items() if k not in ("state_dict", "hyper_parameters")})
+    if ignored:
+        log.debug("%s: pickled objects outside what evaluation reads, kept as inert placeholders: %s", path,
+                  few(ignored))
     cfg = hparams.get("cfg") if isinstance(hparams, dict) else None
     if not isinstance(cfg, dict):
         raise StegoError(f"{path}: hyper_parameters holds no 'cfg' config mapping; is it a STEGO release checkpoint?")

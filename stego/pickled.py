@@ -3,13 +3,15 @@ from it and without omegaconf installed.
 
 The files are read with torch's weights-only unpickler. The stored config is an omegaconf `DictConfig`: omegaconf
 rebuilds it when it is installed, otherwise inert stand-in classes keep its state and `to_plain` turns it into
-plain dicts. Any other pickled object (e.g. a Lightning callback class) is refused unless `trusted=True`; even then
-it is only kept as an inert placeholder, never run.
+plain dicts. Any other pickled object (e.g. the Lightning callback class that old Lightning files key their
+callback state by) becomes an inert placeholder, never run; `inert_globals` lets the caller refuse placeholders
+where it needs real values.
 """
-import collections
 import importlib
 import logging
+import re
 import typing
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,18 +55,24 @@ OMEGACONF_STANDINS = {
 }
 """Every omegaconf class a pickled config may name, with its stand-in."""
 
+def _plain_defaultdict(default_factory=None, *args):
+    """omegaconf's resolver cache is a `defaultdict`, which the weights-only unpickler cannot fill (it sets items of
+    plain dicts only): it is read as a plain dict, the values it held (resolved `${now:...}`) kept."""
+    return {}
+
+
 PLAIN_GLOBALS = {
     "typing.Any": typing.Any,
     "typing.Dict": typing.Dict,
     "typing.List": typing.List,
-    "collections.defaultdict": collections.defaultdict,
+    "collections.defaultdict": _plain_defaultdict,
     **{f"builtins.{t.__name__}": t for t in (int, float, complex, str, bytes, bool, dict, list, tuple, set, frozenset)},
 }
 """Harmless globals omegaconf metadata pickles (type markers, its resolver cache) that torch does not allow itself."""
 
 
 class _Inert:
-    """Placeholder for an unrecognised pickled class or function (trusted files only): keeps what it was given."""
+    """Placeholder for an unrecognised pickled class or function: keeps what it was given, runs nothing."""
 
     global_name = ""
 
@@ -83,45 +91,66 @@ class _Inert:
         return f"<inert {self.global_name}>"
 
 
-def read_checkpoint(path: Path, trusted: bool):
-    """torch.load with the weights-only unpickler, omegaconf classes (real or stand-ins) and, when `trusted`,
-    inert placeholders for any other pickled global; a damaged or untrusted file is a one-line StegoError."""
+def read_checkpoint(path: Path):
+    """torch.load with the weights-only unpickler, omegaconf classes (real, or stand-ins when omegaconf is absent
+    or cannot rebuild the file's layout) and inert placeholders for any other pickled global: nothing from the
+    file runs. `inert_globals` says where placeholders landed. A file that cannot be read is a one-line StegoError
+    saying why: empty, truncated, damaged, not a torch file, or whole but pickling what this reader refuses."""
+    damage = _damage(Path(path), None) if zipfile.is_zipfile(path) else None  # torch.load checks no CRCs
+    if damage:
+        raise StegoError(f"cannot read checkpoint {path}: {damage}; download or copy it again")
     try:
         foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as e:
-        raise StegoError(f"cannot read checkpoint {path} ({_reason(e)}): the file is damaged, truncated or not "
-                         f"a torch checkpoint; download it again") from e
-    allow, unknown = _allowlist(foreign)
-    if unknown and not trusted:
-        raise StegoError(
-            f"{path} holds pickled objects other than tensors and configs ({few(unknown)}); checkpoint files are "
-            f"pickles, so load them only from a source you trust, then pass trusted=True (--trust-checkpoint) to "
-            f"read those objects as inert placeholders"
-        )
+        raise _unreadable(path, e) from None
+    real = _omegaconf_classes([n for n in foreign if n in OMEGACONF_STANDINS])
+    if real:
+        try:
+            return _load(path, _allowlist(foreign, real))
+        except Exception as e:
+            log.debug("omegaconf could not rebuild the config of %s (%s); reading it with stand-ins", path, _reason(e))
     try:
-        with torch.serialization.safe_globals(allow):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _load(path, _allowlist(foreign, None))
     except Exception as e:
-        raise StegoError(f"cannot read checkpoint {path} ({_reason(e)}): the file is damaged, truncated or not "
-                         f"a torch checkpoint; download it again") from e
+        raise _unreadable(path, e) from None
 
 
-def _allowlist(names: list[str]) -> tuple[list, list[str]]:
-    """(safe_globals entries for `names`, the names that are unrecognised and get inert placeholders)."""
-    omega = [n for n in names if n in OMEGACONF_STANDINS]
-    real = _omegaconf_classes(omega)
-    allow, unknown = [], []
+def _load(path: Path, allow: list):
+    with torch.serialization.safe_globals(allow):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _allowlist(names: list[str], omegaconf: dict | None) -> list:
+    """safe_globals entries for `names`: omegaconf's classes (`omegaconf`, else stand-ins), harmless plain globals,
+    and an inert placeholder class for every other name."""
+    allow = []
     for name in sorted(names):
         if name in OMEGACONF_STANDINS:
-            allow.append((real[name] if real else OMEGACONF_STANDINS[name], name))
+            allow.append((omegaconf[name] if omegaconf else OMEGACONF_STANDINS[name], name))
         elif name in PLAIN_GLOBALS:
             allow.append((PLAIN_GLOBALS[name], name))
         else:
-            unknown.append(name)
             allow.append((type(name.rsplit(".", 1)[-1], (_Inert,), {"global_name": name}), name))
-    if omega:
-        log.debug("omegaconf classes %s read with %s", ", ".join(sorted(omega)), "omegaconf" if real else "stand-ins")
-    return allow, unknown
+    return allow
+
+
+def inert_globals(*objects) -> list[str]:
+    """The pickled globals read as inert placeholders anywhere inside `objects` (as values or dict keys)."""
+    found, stack = set(), list(objects)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, type) and issubclass(obj, _Inert):
+            found.add(obj.global_name)
+        elif isinstance(obj, _Inert):
+            found.add(obj.global_name)
+            stack += [*obj.args, getattr(obj, "state", None)]
+        elif isinstance(obj, dict):
+            stack += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack += list(obj)
+        elif isinstance(obj, _StandIn):
+            stack += list(obj.__dict__.values())
+    return sorted(found)
 
 
 def _omegaconf_classes(names: list[str]) -> dict | None:
@@ -140,6 +169,39 @@ def _omegaconf_classes(names: list[str]) -> dict | None:
         except (ImportError, AttributeError):
             return None
     return found
+
+
+def _unreadable(path: Path, err: Exception) -> StegoError:
+    """The one-line error for a checkpoint torch could not read, naming the real cause."""
+    damage = _damage(Path(path), err)
+    if damage:
+        return StegoError(f"cannot read checkpoint {path}: {damage}; download or copy it again")
+    return StegoError(f"cannot read checkpoint {path}: the file is whole, but it pickles something this reader "
+                      f"refuses ({_reason(err)}); it is not a checkpoint of this suite or of the STEGO release")
+
+
+def _damage(path: Path, err: Exception | None) -> str | None:
+    """What is wrong with the file itself (empty, truncated, damaged, another format), or None if it is whole; a zip
+    is read through once to check every member's CRC (`err`: what reading it raised, for the legacy format)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return f"the file is truncated ({size:,} bytes and no zip directory at its end: a download or copy stopped early)"
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            return f"the file is damaged ({_reason(e)})"
+        return f"the file is damaged (its member {bad} fails the zip CRC check)" if bad else None
+    if head[:1] == b"\x80":  # torch's legacy (pre-1.6) format: a pickle stream
+        ended = isinstance(err, EOFError) or any(w in str(err) for w in ("Ran out of input", "truncated"))
+        return f"the file is truncated ({size:,} bytes; the pickle stream ends early)" if ended else None
+    what = "an HTML page (a failed download?)" if head.lstrip().startswith(b"<") else f"starts with {head!r}"
+    return f"it is not a torch checkpoint ({what})"
 
 
 def to_plain(obj):
@@ -172,5 +234,8 @@ def few(keys, n: int = 4) -> str:
 
 
 def _reason(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
+    """A one-line cause from an exception; torch's weights-only refusals put theirs after 'WeightsUnpickler error:'."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    line = found.group(1) if found else (text.splitlines()[0] if text else "")
+    return line[:300] or type(e).__name__

@@ -2,10 +2,12 @@
 import collections
 import json
 import os
+import struct
 import subprocess
 import sys
 import types
 import typing
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -261,17 +263,30 @@ def test_config_errors(tmp_path, change, needle):
     one_line_error(e, str(path), needle)
 
 
-def test_damaged_and_missing_files(tmp_path):
+def test_damaged_and_missing_files_say_why(tmp_path):
     good = write(tmp_path, release_dict(SMALL_CFG)[0])
     data = good.read_bytes()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(data[: len(data) // 2])
+    with zipfile.ZipFile(good) as z:  # a byte inside the first tensor's data: the zip is whole, a CRC is not
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    flipped = bytearray(data)
+    flipped[info.header_offset + 30 + name_len + extra_len] ^= 0xFF
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(flipped))
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all" * 10)
-    for path in (truncated, garbage):
+    html = tmp_path / "page.ckpt"
+    html.write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    for path, cause in ((truncated, "is truncated"), (damaged, "fails the zip CRC check"), (empty, "is empty"),
+                        (garbage, "not a torch checkpoint"), (html, "an HTML page")):
         with pytest.raises(StegoError) as e:
             load_released_checkpoint(path)
-        one_line_error(e, str(path), "download it again")
+        msg = one_line_error(e, str(path), cause, "again")
+        assert path is damaged or "damaged" not in msg.replace(str(path), "")
     with pytest.raises(MissingFileError) as e:
         load_released_checkpoint(tmp_path / "cocostuff27_vit_base_5.ckpt")
     one_line_error(e, "cocostuff27_vit_base_5.ckpt", "stego-public/saved_models")
@@ -354,8 +369,9 @@ def test_dictconfig_read_without_omegaconf(tmp_path, monkeypatch):
         torch.testing.assert_close(head(feats)[1], lit.eval().code(feats), rtol=0, atol=1e-5)
 
 
-def test_other_pickled_objects_need_trust(tmp_path, monkeypatch):
-    """A Lightning <=1.4 file keys callback states by the callback class: readable only as an inert placeholder."""
+def test_callback_state_of_old_lightning_needs_no_trust(tmp_path, monkeypatch):
+    """A Lightning <=1.4 file keys callback states by the callback class: evaluation never reads them, so they are
+    inert placeholders without --trust-checkpoint; the same object inside the hyper-parameters needs trust."""
     mods = look_alike_modules({"pytorch_lightning": [], "pytorch_lightning.callbacks": [],
                                "pytorch_lightning.callbacks.model_checkpoint": ["ModelCheckpoint"]})
     callback = mods["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint
@@ -367,12 +383,16 @@ def test_other_pickled_objects_need_trust(tmp_path, monkeypatch):
     save_with_look_alikes(monkeypatch, path, ckpt, mods)
     monkeypatch.setitem(sys.modules, "omegaconf", None)
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
-    with pytest.raises(StegoError) as e:
-        load_released_checkpoint(path)
-    one_line_error(e, str(path), "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint", "trust")
-    ck = load_released_checkpoint(path, trusted=True)
+    ck = load_released_checkpoint(path)
     assert ck.hparams == {"n_classes": 3, "cfg": SMALL_CFG}
     assert ck.config_overrides["model"]["dim"] == 70
+    ckpt["hyper_parameters"]["callback"] = instance
+    path = tmp_path / "hparams.ckpt"
+    save_with_look_alikes(monkeypatch, path, ckpt, mods)
+    with pytest.raises(StegoError) as e:
+        load_released_checkpoint(path)
+    one_line_error(e, str(path), "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint", "--trust-checkpoint")
+    assert load_released_checkpoint(path, trusted=True).config_overrides["model"]["dim"] == 70
 
 
 def _omegaconf_sites() -> list:
