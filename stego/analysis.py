@@ -278,13 +278,14 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
     """KNN co-occurrence and (five-crop) self-match from the training split's table; a missing table or data
     set is recorded as the reason they were skipped, not an error (the evaluation itself stands)."""
     from . import build
-    from .data.knn import KnnTable, table_expect
+    from .data.knn import KnnTable, source_fingerprint, table_expect
 
     path = build.knn_path(cfg)
     ranks = range(1, cfg.data.num_neighbors + 1)
     try:
         dataset = build.train_dataset(cfg)
-        table = KnnTable.load(path, table_expect(build.knn_table_meta(cfg), cfg.data.knn_k, len(dataset)))
+        expect = table_expect(build.knn_table_meta(cfg), len(dataset), source_fingerprint(dataset))
+        table = KnnTable.load(path, expect, cfg.data.num_neighbors + 1, cfg.data.root)
     except (StegoError, OSError) as err:
         reason = str(err).splitlines()[0]
         log.info("KNN analyses skipped: %s", reason)

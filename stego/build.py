@@ -4,9 +4,11 @@ from pathlib import Path
 
 from .backbones import build_backbone
 from .config import Config
-from .data.datasets import build_dataset
+from .data.commands import fivecrop_command, synthetic_command
+from .data.datasets import build_dataset, cropped_dir, image_folder_dir
+from .data.fivecrop import check_crops_current
 from .data.knn import KnnTable, knn_meta, mine_knn, table_path
-from .errors import StegoError
+from .errors import MissingFileError, StegoError
 from .model import Stego
 from .runtime import worker_count
 
@@ -30,19 +32,31 @@ def reader_options(cfg: Config) -> dict:
     return {}
 
 
+def _require_synthetic(cfg: Config, split: str) -> None:
+    """data.dataset=synthetic without its scenes: say how to generate them (before anything asks for crops)."""
+    if cfg.data.dataset == "synthetic" and not (image_folder_dir(cfg.data.root) / split).is_dir():
+        raise MissingFileError(f"{cfg.data.root}: no synthetic scenes of split {split!r}; generate them with "
+                               f"`{synthetic_command(cfg.data.root)}`")
+
+
 def backbone_for(cfg: Config, state_dict=None):
     return build_backbone(cfg.model.backbone, weights=state_dict if state_dict is not None else cfg.model.weights)
 
 
 def train_dataset(cfg: Config, split: str = "train"):
-    five = cfg.data.crop == "five"
-    if cfg.data.crop not in ("five", "none"):
-        raise StegoError(f"data.crop must be 'five' or 'none', got {cfg.data.crop!r}")
-    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.data.res, crop=five,
-                         crop_ratio=cfg.data.crop_ratio, **reader_options(cfg))
+    """The training split: its five-crops (refused when their source images changed since) or whole images."""
+    _require_synthetic(cfg, split)
+    name, options, five = reader_name(cfg), reader_options(cfg), cfg.data.crop == "five"
+    if five:
+        rebuild = fivecrop_command(name, cfg.data.root, split, cfg.data.crop_ratio, force=True,
+                                   n_classes=cfg.data.n_classes if name == "imagefolder" else None)
+        check_crops_current(cropped_dir(cfg.data.root, name, cfg.data.crop_ratio), split, rebuild)
+    return build_dataset(name, cfg.data.root, split, res=cfg.data.res, crop=five, crop_ratio=cfg.data.crop_ratio,
+                         **options)
 
 
 def val_dataset(cfg: Config, split: str = "val"):
+    _require_synthetic(cfg, split)
     return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res, **reader_options(cfg))
 
 
@@ -59,11 +73,13 @@ def knn_table_meta(cfg: Config, split: str = "train") -> dict:
 
 
 def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
-    """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet."""
+    """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet; an existing
+    table serves when it holds the ranks training draws (k > data.num_neighbors), whatever its k."""
     path, meta = knn_path(cfg, split), knn_table_meta(cfg, split)
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
-    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers))
+    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers),
+                    min_k=cfg.data.num_neighbors + 1, root=cfg.data.root)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

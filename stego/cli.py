@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, never crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -168,6 +171,9 @@ def main(argv=None) -> int:
     except StegoError as err:
         print(f"stego: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stego: interrupted (what was finished is kept; the same command continues)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 A preset is a YAML mapping of sections (data, model, loss, train, eval) to fields; anything not given keeps
 the dataclass default. Overrides use dotted keys (`loss.b_rand=0.3`, `train.iterations=100`) and YAML values.
+Every field carries its rule beside it (`checked(...)`); a config that breaks one is a one-line error naming the
+key, where it came from (the preset file or the override) and, for a misspelling, the closest valid name.
 """
 import dataclasses
+import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +15,45 @@ from pathlib import Path
 import yaml
 
 from .errors import MissingFileError, StegoError
-from .loss import LossConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PROJECTIONS = ("nonlinear", "linear", "none")
+POINTWISE = ("release", "paper", "off")
+CROPS = ("five", "none")
+
+
+def _closest(value, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def checked(default, rule: str, check, choices=None, **kwargs):
+    """A dataclass field with its rule: `check(value)` must hold, `rule` says so in words for the error."""
+    return field(default=default, metadata={"rule": rule, "check": check, "choices": choices}, **kwargs)
+
+
+def at_least(default, low):
+    return checked(default, f"at least {low}", lambda v: v >= low)
+
+
+def one_of(default, choices):
+    return checked(default, f"one of {', '.join(map(str, choices))}", lambda v: v in choices, choices)
+
+
+def check_fields(obj, section: str) -> None:
+    """Raise a one-line StegoError for the first field of `obj` that breaks its rule (section "" for top-level keys)."""
+    for f in dataclasses.fields(obj):
+        if "check" not in f.metadata:
+            continue
+        value = getattr(obj, f.name)
+        try:
+            ok = f.metadata["check"](value)
+        except TypeError:
+            ok = False
+        if not ok:
+            hint = _closest(value, f.metadata["choices"]) if f.metadata["choices"] else ""
+            raise StegoError(f"{section + '.' if section else ''}{f.name} must be {f.metadata['rule']}, got "
+                             f"{value!r}{hint}")
 
 
 @dataclass
@@ -22,16 +62,24 @@ class DataConfig:
     """cocostuff27, cityscapes27, potsdam3, imagefolder or synthetic (generated image folder)."""
     root: str = "data"
     """Folder holding the dataset folders (cocostuff/, cityscapes/, potsdam/, …) and nns/ for KNN tables."""
-    crop: str = "none"
+    crop: str = one_of("none", CROPS)
     """'five' to train on five-crops (ratio crop_ratio), 'none' for whole images."""
-    crop_ratio: float = 0.5
-    res: int = 224
-    num_neighbors: int = 7
-    knn_k: int = 30
-    workers: int = -1
+    crop_ratio: float = checked(0.5, "in (0, 1]", lambda v: 0 < v <= 1)
+    res: int = at_least(224, 1)
+    num_neighbors: int = at_least(7, 1)
+    """KNN partners are drawn from ranks 1..num_neighbors."""
+    knn_k: int = at_least(30, 2)
+    """Neighbours kept when a KNN table is mined (self included); any table with k > num_neighbors serves."""
+    workers: int = at_least(-1, -1)
     """DataLoader worker processes; -1: one per CPU this process may use, less one, at most 16 (runtime.workers)."""
-    n_classes: int = 0
+    n_classes: int = at_least(0, 0)
     """Classes of an image-folder dataset (0: read from classes.txt); fixed by the reader for the benchmarks."""
+
+    def __post_init__(self):
+        check_fields(self, "data")
+        if self.knn_k <= self.num_neighbors:
+            raise StegoError(f"data.knn_k={self.knn_k} must exceed data.num_neighbors={self.num_neighbors}: a table "
+                             f"keeps ranks 0..k-1 and training draws ranks 1..num_neighbors")
 
 
 @dataclass
@@ -39,57 +87,101 @@ class ModelConfig:
     backbone: str = "dino_vitb8"
     weights: str | None = None
     """Backbone weight file; None finds the official file ($STEGO_WEIGHTS_DIR, torch hub cache, download)."""
-    dim: int = 90
-    projection: str = "nonlinear"
-    dropout: float = 0.1
-    extra_clusters: int = 0
+    dim: int = at_least(90, 1)
+    projection: str = one_of("nonlinear", PROJECTIONS)
+    dropout: float = checked(0.1, "in [0, 1)", lambda v: 0 <= v < 1)
+    extra_clusters: int = at_least(0, 0)
+
+    def __post_init__(self):
+        check_fields(self, "model")
+
+
+@dataclass
+class LossConfig:
+    """Weights λ and shifts b of the three terms, and the switches of the paper's ablations."""
+
+    lambda_self: float = at_least(0.1, 0)
+    lambda_knn: float = at_least(1.0, 0)
+    lambda_rand: float = at_least(0.1538, 0)
+    b_self: float = 0.12
+    b_knn: float = 0.2
+    b_rand: float = 1.0
+    pointwise: str = one_of("release", POINTWISE)
+    """Spatial centering: 'release' (global-mean add-back), 'paper' (eq. 3, no add-back) or 'off'."""
+    zero_clamp: bool = True
+    stabilize: bool = False
+    """The release's off-by-default upper clamp of the code correlation at 0.8."""
+    feature_samples: int = at_least(11, 1)
+    neg_samples: int = at_least(5, 0)
+
+    def __post_init__(self):
+        check_fields(self, "loss")
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
+    batch_size: int = at_least(32, 1)
     """Per process; the effective batch is batch_size × world size (logged)."""
-    iterations: int = 7000
+    iterations: int = at_least(7000, 1)
     """Counted as batches (the release's meaning of max_steps)."""
-    lr: float = 5e-4
-    probe_lr: float = 5e-3
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    hist_every: int = 100
+    lr: float = at_least(5e-4, 0)
+    probe_lr: float = at_least(5e-3, 0)
+    seed: int = at_least(0, 0)
+    checkpoint_every: int = at_least(1000, 1)
+    log_every: int = at_least(10, 1)
+    hist_every: int = at_least(100, 0)
     """Iterations between code-correlation histograms (code_corr_hist.json; 0: never)."""
-    val_every: int = 0
+    val_every: int = at_least(0, 0)
     """0: no validation during training."""
     select_on_val: bool = False
     """Keep the checkpoint with the best validation cluster mIoU instead of the last (the authors' practice)."""
-    device: str = "auto"
-    threads: int = 0
+    device: str = checked("auto", "auto, cpu, cuda, cuda:N or mps",
+                          lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()), DEVICES)
+    threads: int = at_least(0, 0)
     """CPU threads for torch (0: torch's default). Small CPU runs are faster on 1: extra threads only spin."""
     tensorboard: bool = False
+
+    def __post_init__(self):
+        check_fields(self, "train")
 
 
 @dataclass
 class EvalConfig:
-    res: int = 320
-    batch_size: int = 8
+    res: int = at_least(320, 1)
+    batch_size: int = at_least(8, 1)
     crf: bool = True
-    crf_workers: int = -1
+    crf_workers: int = at_least(-1, -1)
     """DenseCRF worker processes (0: serial in this process); -1: one per CPU this process may use."""
-    crf_timeout: float = 120.0
-    max_images: int = 0
+    crf_timeout: float = checked(120.0, "positive", lambda v: v > 0)
+    max_images: int = at_least(0, 0)
     """0: the whole split."""
+
+    def __post_init__(self):
+        check_fields(self, "eval")
+
+
+FOLLOWS = ("release", "paper", "ours")
 
 
 @dataclass
 class Config:
     name: str = "custom"
-    follows: str = "release"
+    follows: str = one_of("release", FOLLOWS)
     """Which source the values follow: 'release' (the authors' checkpoints), 'paper' (Table 6) or 'ours'."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        check_fields(self, "")
+        if self.loss.neg_samples and self.loss.lambda_rand and self.train.batch_size < 2:
+            raise StegoError("train.batch_size must be at least 2 while the random term is on (loss.lambda_rand > 0, "
+                             "loss.neg_samples > 0): an image needs another image of its batch to be paired with")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,30 +200,50 @@ MACHINE_KEYS = (("data", "workers"), ("eval", "crf_workers"), ("eval", "crf_time
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
+TOP_KEYS = ("name", "follows")
 
 
-def from_dict(values: dict, source: str = "config") -> Config:
-    """Build a Config from a nested mapping, rejecting unknown sections and keys by name."""
+def from_dict(values: dict, source: str = "config", origins: dict | None = None) -> Config:
+    """Build a Config from a nested mapping, checking every key and value; errors name the key and its origin.
+
+    origins: {"section.key": where it was set, e.g. "override train.lr=-1"} for keys that did not come from `source`.
+    """
+    origins = origins or {}
+
+    def where(key: str) -> str:
+        return origins.get(key, source)
+
     values = dict(values or {})
-    top = {k: values.pop(k) for k in ("name", "follows") if k in values}
+    unknown = sorted(set(values) - set(SECTIONS) - set(TOP_KEYS))
+    if unknown:
+        key = unknown[0]
+        raise StegoError(f"{where(key)}: unknown section {key!r}{_closest(key, [*SECTIONS, *TOP_KEYS])}; valid: "
+                         f"{', '.join([*TOP_KEYS, *SECTIONS])}")
+    top = {k: values.pop(k) for k in TOP_KEYS if k in values}
     sections = {}
     for name, cls in SECTIONS.items():
         given = values.pop(name, None) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise StegoError(f"{source}: unknown key(s) {', '.join(name + '.' + k for k in unknown)}; "
-                             f"valid keys of '{name}': {', '.join(sorted(known))}")
+        if not isinstance(given, dict):
+            raise StegoError(f"{where(name)}: section {name!r} must be a mapping of keys, got {given!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in sorted(set(given) - set(known)):
+            raise StegoError(f"{where(f'{name}.{key}')}: unknown key {name}.{key}{_closest(key, known)}; valid keys "
+                             f"of '{name}': {', '.join(sorted(known))}")
+        coerced = {k: _coerce(cls, name, k, v, where(f"{name}.{k}")) for k, v in given.items()}
         try:
-            sections[name] = cls(**{k: _coerce(cls, name, k, v, source) for k, v in given.items()})
-        except (TypeError, ValueError) as err:
-            if isinstance(err, StegoError):
-                raise
-            raise StegoError(f"{source}: section '{name}': {err}") from None
-    if values:
-        raise StegoError(f"{source}: unknown section(s) {', '.join(sorted(values))}; "
-                         f"valid: name, follows, {', '.join(SECTIONS)}")
-    return Config(**top, **sections)
+            sections[name] = cls(**coerced)
+        except StegoError as err:
+            raise StegoError(f"{where(_key_of(err))}: {err}") from None
+    try:
+        return Config(**top, **sections)
+    except StegoError as err:
+        raise StegoError(f"{where(_key_of(err))}: {err}") from None
+
+
+def _key_of(err: StegoError) -> str:
+    """The `section.key` a field-rule error starts with."""
+    found = re.match(r"[a-z_]+(\.[a-z_]+)?", str(err))
+    return found.group(0) if found else ""
 
 
 YAML_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
@@ -148,11 +260,18 @@ def _coerce(cls, section: str, key: str, value, source: str):
     elif kind is str and isinstance(value, bool):
         raise StegoError(f"{source}: {section}.{key} is text but YAML read a boolean (off/on/yes/no are booleans "
                          f"in YAML): quote it, e.g. {section}.{key}: \"off\"")
-    elif kind in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+    elif kind is str and isinstance(value, (int, float)):
+        return str(value)  # a folder named 2024
+    elif kind is str and not isinstance(value, str):
+        raise StegoError(f"{source}: {section}.{key} must be text, got {value!r}")
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise StegoError(f"{source}: {section}.{key} must be a number, got {value!r}")
         try:
             number = kind(value)  # YAML reads 1e-4 (no dot) as text
         except ValueError:
-            raise StegoError(f"{source}: {section}.{key} must be a number, got {value!r}") from None
+            raise StegoError(f"{source}: {section}.{key} must be a {'whole ' if kind is int else ''}number, "
+                             f"got {value!r}") from None
         if kind is int and number != float(value):
             raise StegoError(f"{source}: {section}.{key} must be a whole number, got {value!r}")
         return number
@@ -169,8 +288,8 @@ def preset_path(name_or_path: str) -> Path:
         return path
     path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise MissingFileError(f"no preset {name_or_path!r}: choose one of {', '.join(list_presets())} "
-                               f"or pass a YAML file path")
+        raise MissingFileError(f"no preset {name_or_path!r}{_closest(name_or_path, list_presets())} choose one of "
+                               f"{', '.join(list_presets())} (`stego presets`) or pass a YAML file path")
     return path
 
 
@@ -181,7 +300,10 @@ def parse_override(text: str) -> tuple[str, object]:
     key, raw = text.split("=", 1)
     if raw.strip().lower() in YAML_WORDS:
         return key.strip(), raw.strip()
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise StegoError(f"override {text!r}: the value is not valid YAML; quote it") from None
 
 
 def set_dotted(values: dict, key: str, value) -> None:
@@ -195,34 +317,42 @@ def set_dotted(values: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(values: dict, overrides, origins: dict) -> None:
+    """Set each `section.key=value` in `values`, recording in `origins` that the key came from that override."""
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(values, key, value)
+        origins[key] = origins[key.split(".")[0]] = f"override {text!r}"
+
+
 def load_config(preset: str = "synthetic_demo", overrides: list[str] | None = None,
                 ablation: str | None = None) -> Config:
     """A preset (name under stego/presets/ or a YAML path), then an optional named ablation, then overrides."""
     path = preset_path(preset)
     values = yaml.safe_load(path.read_text()) or {}
     values.setdefault("name", path.stem)
+    origins = {}
     if ablation:
         for key, value in ablation_overrides(ablation).items():
             set_dotted(values, key, value)
+            origins[key] = f"ablation {ablation!r} (stego/presets/_ablations.yaml)"
         values["name"] = f"{values['name']}-{ablation}"
-    for text in overrides or []:
-        set_dotted(values, *parse_override(text))
-    return from_dict(values, source=str(path))
+    apply_overrides(values, overrides, origins)
+    return from_dict(values, source=str(path), origins=origins)
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of `cfg` with `section.key=value` overrides applied (checked like a preset's keys)."""
-    values = cfg.to_dict()
-    for text in overrides:
-        set_dotted(values, *parse_override(text))
-    return from_dict(values, source="overrides")
+    values, origins = cfg.to_dict(), {}
+    apply_overrides(values, overrides, origins)
+    return from_dict(values, source=f"config {cfg.name!r}", origins=origins)
 
 
 def ablation_overrides(name: str) -> dict:
     """The dotted-key settings of a named ablation switch (paper Tables 2 and 5), from presets/_ablations.yaml."""
     table = yaml.safe_load((PRESET_DIR / "_ablations.yaml").read_text())
     if name not in table:
-        raise StegoError(f"unknown ablation {name!r}; choose one of {', '.join(sorted(table))}")
+        raise StegoError(f"unknown ablation {name!r}{_closest(name, table)}; choose one of {', '.join(sorted(table))}")
     return table[name]
 
 

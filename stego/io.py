@@ -5,6 +5,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import StegoError
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", durable=True):
@@ -27,6 +29,14 @@ def atomic_write(path, mode="wb", durable=True):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json(path, fix: str = "delete it and run the command that wrote it again"):
+    """The JSON in `path`; an unreadable file is a one-line StegoError naming it and `fix`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StegoError(f"{path}: not readable JSON ({type(err).__name__}: {err}); {fix}") from None
 
 
 def atomic_save_json(obj, path):

@@ -8,30 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-POINTWISE = ("release", "paper", "off")
-
-
-@dataclass
-class LossConfig:
-    """Weights λ and shifts b of the three terms, and the switches of the paper's ablations."""
-
-    lambda_self: float = 0.1
-    lambda_knn: float = 1.0
-    lambda_rand: float = 0.1538
-    b_self: float = 0.12
-    b_knn: float = 0.2
-    b_rand: float = 1.0
-    pointwise: str = "release"
-    """Spatial centering: 'release' (global-mean add-back), 'paper' (eq. 3, no add-back) or 'off'."""
-    zero_clamp: bool = True
-    stabilize: bool = False
-    """The release's off-by-default upper clamp of the code correlation at 0.8."""
-    feature_samples: int = 11
-    neg_samples: int = 5
-
-    def __post_init__(self):
-        if self.pointwise not in POINTWISE:
-            raise ValueError(f"pointwise must be one of {POINTWISE}, got {self.pointwise!r}")
+from .config import LossConfig
 
 
 @dataclass

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import PROJECTIONS
 from .constants import IGNORE
-
-PROJECTIONS = ("nonlinear", "linear", "none")
+from .errors import StegoError
 
 
 class SegmentationHead(nn.Module):
@@ -18,7 +18,7 @@ class SegmentationHead(nn.Module):
     def __init__(self, in_dim: int, dim: int, projection: str = "nonlinear", dropout: float = 0.1):
         super().__init__()
         if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+            raise StegoError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.projection = projection
         self.in_dim = in_dim
         self.dim = in_dim if projection == "none" else dim

@@ -1,5 +1,6 @@
 """Presets load with the PROTOCOL §5 values; overrides and ablations apply; typos are clear errors."""
 import pytest
+import yaml
 
 from stego.config import from_dict, list_presets, load_config
 from stego.errors import StegoError
@@ -65,7 +66,7 @@ def test_yaml_words_are_typed_by_their_field():
         from_dict({"loss": {"pointwise": False}})
     with pytest.raises(StegoError, match="true or false"):
         load_config("cocostuff27_release", ["loss.zero_clamp=maybe"])
-    with pytest.raises(StegoError, match="section 'loss'.*pointwise"):
+    with pytest.raises(StegoError, match="loss.pointwise must be one of release, paper, off, got 'both'"):
         from_dict({"loss": {"pointwise": "both"}})
 
 
@@ -76,3 +77,62 @@ def test_numbers_are_typed_by_their_field():
         load_config("cocostuff27_release", ["train.lr=fast"])
     with pytest.raises(StegoError, match="whole number"):
         load_config("cocostuff27_release", ["train.iterations=2.5"])
+
+
+BAD_VALUES = [
+    ("model.projection=foo", "model.projection must be one of nonlinear, linear, none, got 'foo'"),
+    ("model.projection=lineer", "did you mean 'linear'?"),
+    ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+    ("model.dim=0", "model.dim must be at least 1, got 0"),
+    ("train.lr=-1", "train.lr must be at least 0, got -1.0"),
+    ("data.res=0", "data.res must be at least 1, got 0"),
+    ("train.batch_size=abc", "train.batch_size must be a whole number, got 'abc'"),
+    ("train.iterations=0", "train.iterations must be at least 1, got 0"),
+    ("train.iterations=-5", "train.iterations must be at least 1, got -5"),
+    ("data.knn_k=5", "data.knn_k=5 must exceed data.num_neighbors=7"),
+    ("data.crop_ratio=1.5", "data.crop_ratio must be in (0, 1]"),
+    ("data.crop=fiv", "did you mean 'five'?"),
+    ("model.dropout=1", "model.dropout must be in [0, 1)"),
+    ("eval.crf_timeout=0", "eval.crf_timeout must be positive"),
+    ("train.device=gpu", "train.device must be auto, cpu, cuda, cuda:N or mps"),
+    ("loss.neg_samples=-1", "loss.neg_samples must be at least 0"),
+    ("train.batch_size=1", "train.batch_size must be at least 2 while the random term is on"),
+    ("follows=mine", "follows must be one of release, paper, ours"),
+]
+
+
+@pytest.mark.parametrize("override,needle", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_every_field_is_checked_when_the_config_is_built(override, needle):
+    with pytest.raises(StegoError) as e:
+        load_config("cocostuff27_release", [override])
+    msg = str(e.value)
+    assert "\n" not in msg and needle in msg, msg
+    assert msg.startswith(f"override {override!r}: "), msg  # the override is at fault, not the preset file
+
+
+def test_unknown_keys_name_their_origin_and_the_closest_key(tmp_path):
+    for override, needle in (("trian.iterations=5", "unknown section 'trian'; did you mean 'train'?"),
+                             ("train.iteratons=5", "unknown key train.iteratons; did you mean 'iterations'?")):
+        with pytest.raises(StegoError) as e:
+            load_config("cocostuff27_release", [override])
+        assert str(e.value).startswith(f"override {override!r}: ") and needle in str(e.value), str(e.value)
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("train: {iteratons: 5}\n")
+    with pytest.raises(StegoError) as e:
+        load_config(str(preset), ["train.lr=0.1"])
+    assert str(e.value).startswith(f"{preset}: unknown key train.iteratons"), str(e.value)
+    preset.write_text("train: {batch_size: 0}\n")
+    with pytest.raises(StegoError) as e:
+        load_config(str(preset))
+    assert str(e.value).startswith(f"{preset}: train.batch_size must be at least 1"), str(e.value)
+    with pytest.raises(StegoError, match="no preset 'cocostuff27_relase'; did you mean 'cocostuff27_release'"):
+        load_config("cocostuff27_relase")
+
+
+def test_every_preset_and_ablation_passes_the_checks():
+    from stego.config import PRESET_DIR, list_presets
+
+    ablations = yaml.safe_load((PRESET_DIR / "_ablations.yaml").read_text())
+    for name in list_presets():
+        for ablation in (None, *ablations):
+            load_config(name, ablation=ablation)

@@ -2,7 +2,13 @@
 import argparse
 import functools
 import io
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +202,82 @@ def test_mismatched_or_out_of_range_label_is_a_one_line_error(tmp_path, kwargs, 
 
 def test_changed_source_list_is_refused(tmp_path):
     crop_split(ArraySource, tmp_path, "train")
-    recorded = (tmp_path / "sources_train.txt").read_text().splitlines()
-    assert [(tmp_path / p).resolve() for p in recorded] == [Path(f"/virtual/source/{i:03d}.png")
-                                                             for i in range(len(SIZES))]
-    with pytest.raises(StegoError, match=r"sources_train\.txt: these crops came from another list .* index 4"):
+    recorded = json.loads((tmp_path / "sources_train.json").read_text())["sources"]
+    assert [(tmp_path / e[0]).resolve() for e in recorded] == [Path(f"/virtual/source/{i:03d}.png")
+                                                               for i in range(len(SIZES))]
+    with pytest.raises(StegoError, match=r"sources_train\.json: these crops came from another list .* index 4"):
         crop_split(functools.partial(ArraySource, sizes=SIZES[:4]), tmp_path, "train")
+
+
+def _crop_cli(root, *extra):
+    parser = argparse.ArgumentParser()
+    fivecrop.add_cli(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["fivecrop", "--dataset", "imagefolder", "--root", str(root), "--split", "train",
+                              "--workers", "1", *extra])
+
+
+def test_crops_of_a_changed_source_image_are_refused_until_redone(tmp_path):
+    """An image overwritten in place (same name, same count) makes its crops stale: five-crop and training refuse
+    them with the command that redoes them, and that command (--force) does."""
+    from stego import build
+    from stego.config import from_dict
+
+    root = make_scenes(tmp_path / "data", SceneSpec(n_train=4, n_val=2, size=32), seed=0)
+    args = _crop_cli(root)
+    assert args.func(args) == 0
+    cfg = from_dict({"data": {"dataset": "synthetic", "root": str(root), "crop": "five", "res": 16, "workers": 0}})
+    assert len(build.train_dataset(cfg)) == 20
+    image = root / "images" / "train" / "00001.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    for attempt in (lambda: args.func(args), lambda: build.train_dataset(cfg)):
+        with pytest.raises(StegoError) as err:
+            attempt()
+        msg = str(err.value)
+        assert "source file(s) changed since they were cropped (first: ../../images/train/00001.png)" in msg, msg
+        command = msg.split("`")[1]
+        assert command == f"stego data fivecrop --dataset imagefolder --root {root} --split train --force"
+    redo = _crop_cli(root, "--force")
+    assert redo.func(redo) == 0 and len(build.train_dataset(cfg)) == 20
+    assert args.func(args) == 0  # current again: nothing to do
+
+
+def test_a_non_utf8_file_name_is_cropped_and_recorded(tmp_path):
+    root = make_scenes(tmp_path / "data", SceneSpec(n_train=2, n_val=1, size=32), seed=0)
+    for folder, suffix in (("images", ".png"), ("labels", ".png")):
+        base = os.fsencode(root / folder / "train")
+        os.rename(base + b"/00000" + suffix.encode(), base + b"/caf\xe9" + suffix.encode())
+    args = _crop_cli(root)
+    assert args.func(args) == 0 and args.func(args) == 0
+    crops = build_dataset("imagefolder", root, "train", crop=True, n_classes=5)
+    assert len(crops) == 10
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
+    crop_split(ArraySource, tmp_path, "train")
+    stale = tmp_path / "img" / "train" / ".3.jpg.abc123.tmp"
+    stale.write_bytes(b"half a jpeg")
+    crop_split(ArraySource, tmp_path, "train")
+    assert not stale.exists()
+
+
+def test_ctrl_c_stops_five_crop_in_one_line_and_a_rerun_finishes(tmp_path):
+    root = make_scenes(tmp_path / "data", SceneSpec(n_train=300, n_val=1, size=96), seed=0)
+    argv = [sys.executable, "-m", "stego.cli", "data", "fivecrop", "--dataset", "imagefolder", "--root", str(root),
+            "--split", "train", "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_dir = cropped_dir(root, "imagefolder") / "img" / "train"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out_dir.glob("*.jpg"))) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert not list(out_dir.parent.parent.rglob("*.tmp"))
+    done = len(list(out_dir.glob("*.jpg")))
+    assert 20 <= done < 1500
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and len(list(out_dir.glob("*.jpg"))) == 1500, rerun.stderr
 
 
 def test_five_crop_of_an_image_folder_reads_back_as_crops(tmp_path):

@@ -1,5 +1,7 @@
 """KNN mining: chunked top-k against a float64 brute force, bounded tiles, the table file and its checks."""
 import argparse
+import os
+import shlex
 import hashlib
 
 import numpy as np
@@ -121,7 +123,8 @@ def make_table(n=12, k=4, **meta):
     feats = torch.from_numpy(tie_free_feats(n, 6, k, seed=3)).float()
     idx, sims = topk_cosine(feats, k)
     full = dict(backbone="dino_vits8", weights="random", dataset="potsdam", split="train", crops="five",
-                crop_ratio=0.5, res=224, k=k, n=n, dropout=False, format=knn.FORMAT_VERSION, precision="fp32")
+                crop_ratio=0.5, res=224, k=k, n=n, source=f"{n}:0123456789abcdef", dropout=False,
+                format=knn.FORMAT_VERSION, precision="fp32")
     full.update(meta)
     return KnnTable(idx, sims, full)
 
@@ -139,7 +142,7 @@ def test_save_load_round_trip_is_weights_only(tmp_path):
 
 
 WRONG = dict(backbone="dino_vitb8", weights="x.pth:sha256:0123", dataset="cocostuff27", split="val",
-             crops="none", crop_ratio=0.3, res=320, k=30, n=13, dropout=True)
+             crops="none", crop_ratio=0.3, res=320, k=30, n=13, source="12:fedcba9876543210", dropout=True)
 
 
 @pytest.mark.parametrize("field", knn.CHECKED_KEYS)
@@ -164,9 +167,11 @@ def test_load_lists_all_differing_fields(tmp_path):
 
 
 def test_missing_table_says_how_to_make_it(tmp_path):
-    with pytest.raises(MissingFileError, match=r"nope\.pt not found; mine it with `stego data knn .*--dataset potsdam"
-                                               r" --k 7` with the matching --weights$"):
-        KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam", weights="dino.pth:sha256:0", k=7))
+    with pytest.raises(MissingFileError, match=r"nope\.pt not found; mine it with `stego data knn --root /data "
+                                               r"--dataset potsdam --k 8` \(plus --weights PATH if model.weights is "
+                                               r"set\)$"):
+        KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam", weights="dino.pth:sha256:0"), min_k=8,
+                      root="/data")
     with pytest.raises(MissingFileError, match=r"not found; mine it with `stego data knn` \(its options"):
         KnnTable.load(tmp_path / "nope.pt")
 
@@ -266,7 +271,7 @@ def test_random_backbones_of_other_seeds_get_their_own_table_which_the_cli_repro
     for seed in (0, 1):
         root = write_imagefolder(tmp_path / f"train{seed}", splits=("train",), n=6).root
         cfg = from_dict({"data": {"dataset": "imagefolder", "root": str(root), "crop": "none", "res": 32,
-                                  "workers": 0, "knn_k": 4},
+                                  "workers": 0, "knn_k": 4, "num_neighbors": 3},
                          "model": {"backbone": "dino_vits16", "weights": "random"},
                          "train": {"device": "cpu", "seed": seed}})
         torch.manual_seed(seed)  # as train() does before building the backbone
@@ -281,11 +286,12 @@ def test_random_backbones_of_other_seeds_get_their_own_table_which_the_cli_repro
                                     "--backbone", "dino_vits16", "--weights", "random", "--seed", "1", "--res",
                                     "32", "--k", "4", "--workers", "0", "--device", "cpu"])
     assert args.func(args) == 0
-    mined = KnnTable.load(root / "nns" / "nns_dino_vits16_imagefolder_train_none_32_seed1.pt", tables[1].meta)
+    same_but_files = {k: v for k, v in tables[1].meta.items() if k != "source"}  # the same images, other files
+    mined = KnnTable.load(root / "nns" / "nns_dino_vits16_imagefolder_train_none_32_seed1.pt", same_but_files)
     assert torch.equal(mined.indices, tables[1].indices) and torch.equal(mined.sims, tables[1].sims)
     with pytest.raises(StegoError, match=r"weights expected 'random:seed2' found 'random:seed1'.*--seed 2 --force"):
         KnnTable.load(root / "nns" / "nns_dino_vits16_imagefolder_train_none_32_seed1.pt",
-                      dict(tables[1].meta, weights="random:seed2"))
+                      dict(same_but_files, weights="random:seed2"))
 
 
 def test_five_crops_of_another_ratio_get_their_own_table(tmp_path):
@@ -299,7 +305,7 @@ def test_five_crops_of_another_ratio_get_their_own_table(tmp_path):
     for ratio in (0.5, 0.3):
         five_crop("imagefolder", root, "train", ratio, workers=1)
         cfg = from_dict({"data": {"dataset": "imagefolder", "root": str(root), "crop": "five", "crop_ratio": ratio,
-                                  "res": 32, "workers": 0, "knn_k": 4},
+                                  "res": 32, "workers": 0, "knn_k": 4, "num_neighbors": 3},
                          "model": {"backbone": "dino_vits16", "weights": "random"}, "train": {"device": "cpu"}})
         dataset = build.train_dataset(cfg)
         tables[ratio] = build.knn_table(cfg, build.backbone_for(cfg), dataset)
@@ -381,7 +387,8 @@ def test_mine_knn_writes_checked_table_and_is_idempotent(tmp_path, monkeypatch):
     table = mine_knn(backbone, data, path, META, k=5, batch_size=3, chunk=4, key_chunk=3, device="cpu")
     want = manual_embedding(backbone, data).numpy()
     np.testing.assert_array_equal(table.indices.numpy(), brute_force(want, 5)[0])
-    assert table.meta == dict(META, k=5, n=11, dropout=False, format=knn.FORMAT_VERSION, precision="fp32")
+    assert table.meta == dict(META, k=5, n=11, source="11:in-memory", dropout=False, format=knn.FORMAT_VERSION,
+                              precision="fp32")
     assert KnnTable.load(path, dict(META, n=11)).meta == table.meta
 
     def boom(*args, **kwargs):
@@ -424,15 +431,46 @@ def test_cli_mines_an_image_folder_once(tmp_path, capsys):
     path = root / "nns" / "nns_dino_vits16_imagefolder_train_none_32.pt"
     assert str(path) in capsys.readouterr().out
     expect = dict(backbone="dino_vits16", weights="random", dataset="imagefolder", split="train", crops="none",
-                  res=32, k=4, n=6, dropout=False)
-    table = KnnTable.load(path, expect)
+                  res=32, n=6, dropout=False)
+    table = KnnTable.load(path, expect, min_k=4)
     assert torch.equal(table.indices[:, 0], torch.arange(6))
     assert bool((table.sims[:, :-1] >= table.sims[:, 1:]).all())
     stamp = path.stat().st_mtime_ns
     assert args.func(args) == 0 and path.stat().st_mtime_ns == stamp  # a valid table is not re-mined
+    fewer = knn_parser().parse_args(argv + ["--k", "3"])  # a table with more neighbours than asked serves
+    assert fewer.func(fewer) == 0 and path.stat().st_mtime_ns == stamp
     other = knn_parser().parse_args(argv + ["--k", "5"])
-    with pytest.raises(StegoError, match=r"k expected 5 found 4.*--force"):
+    with pytest.raises(StegoError, match=rf"keeps 4 neighbours, fewer than the 5 needed.*stego data knn --root {root} "
+                                         r".*--k 5 --weights random --force"):
         other.func(other)
     forced = knn_parser().parse_args(argv + ["--k", "5", "--force"])
     assert forced.func(forced) == 0
-    assert KnnTable.load(path, dict(expect, k=5)).k == 5
+    assert KnnTable.load(path, expect, min_k=5).k == 5
+
+
+@pytest.mark.parametrize("change", ["overwrite one image", "another image set"])
+def test_a_table_of_changed_images_is_refused_with_the_rebuild_command(tmp_path, change):
+    root = write_imagefolder(tmp_path / "data", splits=("train",), n=6).root
+    argv = ["knn", "--dataset", "imagefolder", "--root", str(root), "--split", "train", "--backbone",
+            "dino_vits16", "--weights", "random", "--res", "32", "--workers", "0", "--device", "cpu", "--k", "4"]
+    args = knn_parser().parse_args(argv)
+    assert args.func(args) == 0
+    images = sorted((root / "images" / "train").iterdir())
+    if change == "overwrite one image":
+        data = images[2].read_bytes()
+        images[2].write_bytes(data)  # same name, same bytes, rewritten: its modification time moves
+        os.utime(images[2], ns=(images[2].stat().st_atime_ns, images[2].stat().st_mtime_ns + 10**9))
+    else:
+        for i, image in enumerate(images):
+            label = root / "labels" / "train" / f"{image.stem}.png"
+            image.rename(image.with_name(f"other{i}{image.suffix}"))
+            label.rename(label.with_name(f"other{i}.png"))
+    with pytest.raises(StegoError) as err:
+        args.func(args)
+    msg = str(err.value)
+    assert "made from other or changed images" in msg and "source expected" in msg, msg
+    command = msg.split("`")[1]
+    assert command.startswith(f"stego data knn --root {root} ") and command.endswith("--force"), command
+    forced = knn_parser().parse_args(shlex.split(command)[2:])
+    assert forced.func(forced) == 0 and args.func(args) == 0
+

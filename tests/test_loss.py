@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from stego.loss import CorrespondenceLoss, Draws, LossConfig, correspondence_loss, derangement_perm, draw_samples
+from stego.config import LossConfig
+from stego.loss import CorrespondenceLoss, Draws, correspondence_loss, derangement_perm, draw_samples
 
 
 def bilinear_border(t, x, y):

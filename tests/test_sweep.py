@@ -279,7 +279,7 @@ def test_debug_sweep_writes_records_skips_done_and_reruns_only_failed(tmp_path, 
     assert submit(tmp_path / "sw", jobs, Resources("debug")) == jobs
     got = {s.job.id: s for s in sweep_status(tmp_path / "sw")}
     assert got[good.id].status == DONE
-    assert got[bad.id].status == FAILED and f"{later}/images/train: image folder" in got[bad.id].detail
+    assert got[bad.id].status == FAILED and f"{later}: no synthetic scenes" in got[bad.id].detail
     record = json.loads(Path(good.records[0]).read_text())
     assert record["kind"] == "eval" and record["config"]["data"]["root"] == str(scenes)
     assert 0.0 <= record["metrics"]["cluster"]["miou"] <= 1.0

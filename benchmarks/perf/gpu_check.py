@@ -35,7 +35,8 @@ from stego.config import TrainConfig
 from stego.crf import CrfPool, dense_crf
 from stego.data.knn import embed_dataset, topk_cosine
 from stego.io import atomic_save_json
-from stego.loss import CorrespondenceLoss, LossConfig
+from stego.config import LossConfig
+from stego.loss import CorrespondenceLoss
 from stego.model import Stego
 from stego.runtime import versions
 

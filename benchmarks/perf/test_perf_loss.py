@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stego.loss import LossConfig, correspondence_loss, draw_samples
+from stego.config import LossConfig
+from stego.loss import correspondence_loss, draw_samples
 
 from .report import compare
 

@@ -59,6 +59,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stego.data import mappings
+from stego.data.commands import fivecrop_command
 from stego.data.transforms import SegTransform, default_transform
 from stego.data.files import (CorruptFileError, DataFileError, DirListing, EmptySplitError, Item, LabelRangeError,
                               MissingDataError, SizeMismatchError, only_valid_8bit, ranges_text, read_id_list,
@@ -390,8 +391,9 @@ class CroppedDataset(SegmentationDataset):
         self.n_classes = DATASETS[dataset].n_classes if n_classes is None else n_classes
         self.class_names = DATASETS[dataset].class_names
         folder = cropped_dir(root, dataset, crop_ratio)
-        self.get_it = self.repair = (f"write the crops again with `stego data fivecrop --dataset {dataset} "
-                                     f"--root {root}` (into {folder})")
+        n_opt = n_classes if dataset == "imagefolder" else None
+        self.get_it = f"write them with `{fivecrop_command(dataset, root, split, crop_ratio, n_classes=n_opt)}`"
+        self.repair = f"redo the crops with `{fivecrop_command(dataset, root, split, crop_ratio, True, n_opt)}`"
         img_dir, label_dir = folder / "img" / split, folder / "label" / split
         if not img_dir.is_dir():
             raise MissingDataError(img_dir, f"five-crop images of split {split!r} are missing", self.get_it)

@@ -1,6 +1,7 @@
 """Data files and their errors: one-line errors that name the file and the fix; listed entries, id lists and
 existence checks; the readers of images, label images and .mat files; the checks of raw 8-bit label values
 against a dataset's valid ones."""
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,17 @@ class DirListing:
             except (FileNotFoundError, NotADirectoryError):
                 self._names[folder] = set()
         return name in self._names[folder]
+
+
+def file_fingerprint(paths) -> str:
+    """'<n>:<16 hex digits>' hashing each file's name, size and modification time in order: it changes when a file
+    is rewritten or replaced, or another file set takes the place of this one (a copy that keeps modification
+    times, e.g. rsync -a or cp -p, keeps it)."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{os.path.basename(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return f"{len(paths)}:{h.hexdigest()[:16]}"
 
 
 def read_id_list(path, get_it):

@@ -26,14 +26,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stego.data.commands import knn_command
+from stego.data.files import file_fingerprint
 from stego.errors import MissingFileError, StegoError
 from stego.io import atomic_write
+from stego.runtime import worker_count
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: tables record the fingerprint of the images they were mined from (`source`)."""
 CROPS = ("none", "five")
-CHECKED_KEYS = ("backbone", "weights", "dataset", "split", "crops", "crop_ratio", "res", "k", "n", "dropout")
+CHECKED_KEYS = ("backbone", "weights", "dataset", "split", "crops", "crop_ratio", "res", "n", "source", "dropout")
 
 
 def topk_cosine(feats, k, chunk=1024, key_chunk=16384, device=None):
@@ -189,19 +193,20 @@ def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio
     return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}{'_' + tag if tag else ''}.pt"
 
 
-def _remine_hint(meta, force=True):
-    """The command that (re)builds a table for `meta`, for error messages (DATA_ROOT and a weight file to fill in)."""
-    if not meta:
+def _remine_hint(meta, root, force=True):
+    """What to run about a missing or unusable table, for error messages."""
+    if not meta or "dataset" not in meta:
         return "mine it with `stego data knn` (its options: `stego data knn --help`, docs/data.md)"
-    parts = [f"--{flag} {meta[key]}" for flag, key in
-             (("dataset", "dataset"), ("split", "split"), ("backbone", "backbone"), ("crop", "crops"),
-              ("crop-ratio", "crop_ratio"), ("res", "res"), ("k", "k")) if key in meta]
-    weights = str(meta.get("weights", ""))
-    if weights.startswith("random"):
-        parts.append("--weights random" + (f" --seed {weights[len('random:seed'):]}" if ":seed" in weights else ""))
-    command = " ".join(["stego data knn --root DATA_ROOT", *parts] + (["--force"] if force else []))
-    return (f"{'re-run' if force else 'mine it with'} `{command}`"
-            + ("" if weights.startswith("random") else " with the matching --weights"))
+    custom = "" if str(meta.get("weights", "")).startswith("random") else " (plus --weights PATH if model.weights is set)"
+    return f"{'re-run' if force else 'mine it with'} `{knn_command(meta, root, force)}`{custom}"
+
+
+def source_fingerprint(dataset) -> str:
+    """'<n>:<hash>' of the dataset's image files (name, size, modification time, in order): a table mined from
+    other or rewritten images no longer matches. A dataset without files (held in memory) is '<n>:in-memory'."""
+    if not hasattr(dataset, "path"):
+        return f"{len(dataset)}:in-memory"
+    return file_fingerprint([dataset.path(i) for i in range(len(dataset))])
 
 
 @dataclass
@@ -226,12 +231,14 @@ class KnnTable:
             torch.save(dict(indices=self.indices.contiguous(), sims=self.sims.contiguous(), meta=self.meta), f)
 
     @classmethod
-    def load(cls, path, expect=None):
-        """Read and check a table; every key of `expect` (e.g. dataset, split, n) must match its metadata."""
+    def load(cls, path, expect=None, min_k=None, root="DATA_ROOT"):
+        """Read and check a table; every key of `expect` (e.g. dataset, split, n, source) must match its metadata
+        and it must keep at least `min_k` neighbours. `root` (the data root) goes into the re-mine hints."""
         path = Path(path)
-        hint = _remine_hint(expect or {})
+        wanted = dict(expect or {}, **({"k": min_k} if min_k else {}))
+        hint = _remine_hint(wanted, root)
         if not path.is_file():
-            raise MissingFileError(f"KNN table {path} not found; {_remine_hint(expect or {}, force=False)}")
+            raise MissingFileError(f"KNN table {path} not found; {_remine_hint(wanted, root, force=False)}")
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
             table = cls(raw["indices"], raw["sims"], dict(raw["meta"]))
@@ -242,10 +249,15 @@ class KnnTable:
         found = table.meta.get("format")
         if found != FORMAT_VERSION:
             raise StegoError(f"KNN table {path} has format {found!r}, this version reads {FORMAT_VERSION}; {hint}")
-        diff = [f"{key} expected {want!r} found {table.meta.get(key)!r}"
-                for key, want in (expect or {}).items() if table.meta.get(key) != want]
+        diff = [f"{key} expected {value!r} found {table.meta.get(key)!r}"
+                for key, value in (expect or {}).items() if table.meta.get(key) != value]
         if diff:
-            raise StegoError(f"KNN table {path} was made for something else ({'; '.join(diff)}); {hint}")
+            what = ("other or changed images" if [d for d in diff if d.startswith("source")] == diff
+                    else "something else")
+            raise StegoError(f"KNN table {path} was made from {what} ({'; '.join(diff)}); {hint}")
+        if min_k and table.k < min_k:
+            raise StegoError(f"KNN table {path} keeps {table.k} neighbours, fewer than the {min_k} needed "
+                             f"(data.num_neighbors + 1); {hint}")
         return table
 
     def _check(self, path, hint):
@@ -264,38 +276,41 @@ class KnnTable:
             raise StegoError(f"KNN table {path} is corrupt ({problem}); {hint}")
 
 
-def table_expect(meta, k, n):
-    """Everything a table for `meta` (from `knn_meta`) with k neighbours over n images must record."""
-    return dict(meta, k=k, n=n, dropout=False)
+def table_expect(meta, n, source):
+    """Everything a table for `meta` (from `knn_meta`) over n images with fingerprint `source` must record."""
+    return dict(meta, n=n, source=source, dropout=False)
 
 
-def existing_table(path, expect):
+def existing_table(path, expect, min_k, root):
     """The valid table already at `path` (None if there is no file); one made for something else is an error."""
     if not Path(path).exists():
         return None
-    table = KnnTable.load(path, expect)
-    log.info("KNN table %s already exists and matches; not re-mining (use --force to redo it)", path)
+    table = KnnTable.load(path, expect, min_k, root)
+    log.info("KNN table %s already exists and matches its images (k=%d); not re-mining (use --force to redo it)",
+             path, table.k)
     return table
 
 
 def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key_chunk=16384, device=None,
-             workers=0, amp=True, force=False):
+             workers=0, amp=True, force=False, min_k=None, root="DATA_ROOT"):
     """Embed `dataset`, mine its cosine top-k and save the table at `path` with `meta` (from `knn_meta`).
-    A valid table already at `path` is returned as is; one made for something else is an error unless
-    `force`."""
-    expect = table_expect(meta, k, len(dataset))
+    A valid table already at `path` with at least `min_k` (default k) neighbours is returned as is; one made
+    for something else, or from other images, is an error unless `force`."""
+    expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
     path = Path(path)
-    table = None if force else existing_table(path, expect)
+    table = None if force else existing_table(path, expect, min_k or k, root)
     if table is not None:
         return table
     if not 1 <= k <= len(dataset):
-        raise StegoError(f"KNN k={k} must be between 1 and the number of images ({len(dataset)}); lower --k")
+        raise StegoError(f"KNN k={k} must be between 1 and the number of images ({len(dataset)}); lower --k "
+                         f"(data.knn_k)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
     feats = embed_dataset(backbone, dataset, batch_size=batch_size, device=device, workers=workers, amp=amp)
+    log.info("KNN: top-%d of %d images by cosine (%d-d features)", k, len(dataset), feats.shape[1])
     indices, sims = topk_cosine(feats, k, chunk=chunk, key_chunk=key_chunk, device=device)
     precision = "bf16" if amp and device.type == "cuda" else "fp32"
-    table = KnnTable(indices, sims, dict(expect, format=FORMAT_VERSION, precision=precision))
+    table = KnnTable(indices, sims, dict(expect, k=k, format=FORMAT_VERSION, precision=precision))
     table.save(path)
     log.info("mined KNN table %s (n=%d, k=%d) in %.1f s", path, table.n, table.k, time.perf_counter() - start)
     return table
@@ -319,7 +334,8 @@ def add_cli(data_subparsers):
     p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
     p.add_argument("--chunk", type=int, default=1024, help="query rows per similarity tile")
     p.add_argument("--key-chunk", type=int, default=16384, help="key rows per similarity tile")
-    p.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 backbone on CUDA (default bf16)")
     p.add_argument("--out", type=Path, default=None, help="table file (default ROOT/nns/nns_<...>.pt)")
@@ -340,12 +356,14 @@ def run_knn(args):
                             crop_ratio=args.crop_ratio)
     path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res,
                                   args.crop_ratio, args.weights, args.seed)
-    table = None if args.force else existing_table(path, table_expect(meta, args.k, len(dataset)))
+    expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
+    table = None if args.force else existing_table(path, expect, args.k, args.root)
     if table is None:  # build the backbone only when there is work for it
         torch.manual_seed(args.seed)  # training draws a random-init backbone right after the same call
         table = mine_knn(build_backbone(args.backbone, weights=args.weights), dataset, path, meta, k=args.k,
                          batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
-                         device=args.device, workers=args.workers, amp=args.amp, force=True)
+                         device=args.device, workers=worker_count(args.workers), amp=args.amp, force=True,
+                         root=args.root)
     print(f"{path}: {table.n} images, k={table.k}")
     return 0
 
