@@ -16,6 +16,16 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    """--run-gpu means the GPU tests must run: without a CUDA device, stop at once (non-zero) instead of skipping."""
+    if config.getoption("--run-gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.exit("--run-gpu: no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU "
+                        "machine, or drop --run-gpu for the CPU suite", returncode=4)
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-gpu"):
         return

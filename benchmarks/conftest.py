@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import runner, toy
 from stego.errors import MissingFileError
@@ -66,15 +65,12 @@ def data_root(pytestconfig, scale, tmp_path_factory):
 def bench(pytestconfig, scale, results_dir, data_root):
     """bench(row, seed): run the row (or reuse its record) and check it: the pipeline at toy scale, the paper's
     numbers at paper scale."""
-    no_gpu = scale == "paper" and not torch.cuda.is_available()
     options = {"data_root": data_root, "release_dir": pytestconfig.getoption("--release-dir"),
                "select_on_val": pytestconfig.getoption("--select-on-val"),
                "trusted": pytestconfig.getoption("--trust-checkpoints"),
                "overrides": pytestconfig.getoption("--override") if scale == "paper" else ()}
 
     def run(row, seed):
-        if no_gpu and not row.cited:
-            pytest.skip("--run-gpu: no CUDA device visible; paper-scale benchmarks need a GPU")
         try:
             record = runner.run_row(row, scale, seed, results_dir, **options)
         except MissingFileError as err:

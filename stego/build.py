@@ -32,6 +32,17 @@ def reader_options(cfg: Config) -> dict:
     return {}
 
 
+def class_names(cfg: Config, n: int) -> list[str]:
+    """The names of a config's n classes: its reader's, ROOT/classes.txt for image folders, else numbers."""
+    from .data.datasets import DATASETS
+
+    names = getattr(DATASETS.get(reader_name(cfg)), "class_names", None)
+    classes = Path(cfg.data.root) / "classes.txt"
+    if not names and reader_name(cfg) == "imagefolder" and classes.is_file():
+        names = [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+    return list(names) if names and len(names) == n else [f"class {k}" for k in range(n)]
+
+
 def _require_synthetic(cfg: Config, split: str) -> None:
     """data.dataset=synthetic without its scenes: say how to generate them (before anything asks for crops)."""
     if cfg.data.dataset == "synthetic" and not (image_folder_dir(cfg.data.root) / split).is_dir():

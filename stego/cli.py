@@ -43,10 +43,14 @@ def _train(args) -> int:
 
     from .evaluate import validator
     from .stopping import stop_on_signals
-    from .train import TrainingStopped, train
+    from .train import CHECKPOINT, TrainingStopped, train
 
     cfg = _config(args)
     out = Path(args.out or Path("runs") / cfg.name)
+    if args.resume and not (out / CHECKPOINT).is_file():
+        why = "nothing was saved there yet" if out.is_dir() else "the folder does not exist"
+        raise StegoError(f"--resume: {out} holds no {CHECKPOINT} to continue ({why}); check --out (default "
+                         f"runs/<preset name>), or drop --resume to start a new run")
     try:
         with stop_on_signals(signal.SIGINT, signal.SIGTERM) as stop:
             path = train(cfg, out, resume=args.resume, validate=validator(cfg), should_stop=stop)
@@ -69,12 +73,13 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import predict_folder
+    from .predict import predict_images
 
     cfg, overrides = _checkpoint_config(args)
-    n = predict_folder(args.checkpoint, args.images, args.out, crf=args.crf, trusted=args.trust_checkpoint, cfg=cfg,
-                       overrides=overrides)
-    print(f"{n} images segmented into {args.out}")
+    done = predict_images(args.checkpoint, args.images, args.out, crf=args.crf, trusted=args.trust_checkpoint,
+                          cfg=cfg, overrides=overrides)
+    skipped = f"; {len(done.skipped)} file(s) skipped, listed in {done.out_dir / 'skipped.txt'}" if done.skipped else ""
+    print(f"{len(done.written)} image(s) segmented into {done.out_dir} (legend.csv names the ids){skipped}")
     return 0
 
 
@@ -133,10 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow unpickling a released .ckpt's config objects (only for files from a trusted source)")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("predict", help="segment a folder of your own images with a checkpoint")
+    p = sub.add_parser("predict", help="segment your own images (a folder or one file) with a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder's checkpoint.pt, or a released .ckpt")
-    p.add_argument("--images", required=True, help="folder of .jpg/.png images")
-    p.add_argument("--out", required=True, help="where to write <stem>_cluster.png, _linear.png, _overlay.png")
+    p.add_argument("--images", required=True, help="a folder of images (any format Pillow reads), or one image")
+    p.add_argument("--out", required=True, help="where to write <name>_cluster.png, _linear.png (palette PNGs of "
+                                               "class ids), their _overlay.png images and legend.csv")
     p.add_argument("--crf", action="store_true", help="refine with DenseCRF")
     p.add_argument("--trust-checkpoint", action="store_true", help="see `stego eval --help`")
     _add_config_args(p)

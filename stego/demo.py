@@ -18,7 +18,7 @@ from .data.synthetic import SceneSpec, make_scenes
 from .data.transforms import unnormalize
 from .evaluate import crf_pool, crf_refine, evaluate, load_for_eval, predict_log_probs
 from .figures import qualitative_grid, training_curves
-from .io import atomic_save_json, atomic_write
+from .io import atomic_save_json, atomic_write, writable_folder
 from .runtime import git_commit, set_threads, versions, worker_count
 from .train import train
 
@@ -82,7 +82,7 @@ def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), see
     """Run the demo into `out` and return the path of its report."""
     from .kmeans import raw_feature_kmeans
 
-    out = Path(out)
+    out = writable_folder(out, "--out")
     steps = Steps()
     started = time.perf_counter()
     cfg = load_config(preset, [f"data.root={out / 'data'}", f"train.seed={seed}", *overrides])

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from . import build
 from .analysis import analyze_run
 from .config import Config, from_dict, with_overrides
-from .io import atomic_save_json
+from .errors import StegoError
+from .io import atomic_save_json, writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .runtime import autocast, git_commit, pick_device, versions, worker_count
 
@@ -122,6 +123,10 @@ def validator(cfg: Config):
     return validate
 
 
+MODEL_SHAPE = ("backbone", "dim", "projection", "extra_clusters")
+"""Model settings a checkpoint's weights are shaped by: evaluating it under other values cannot work."""
+
+
 def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, overrides=()):
     """(config, model, backbone) from this suite's checkpoint or an authors' released .ckpt.
 
@@ -133,7 +138,13 @@ def load_for_eval(checkpoint, cfg: Config | None = None, trusted: bool = False, 
     if path.suffix == ".ckpt":
         return released_for_eval(path, cfg, trusted, overrides)
     state = load_checkpoint(path)
-    cfg = cfg or with_overrides(from_dict(state["config"], source=str(path)), list(overrides))
+    stored = from_dict(state["config"], source=str(path))
+    cfg = cfg or with_overrides(stored, list(overrides))
+    shaping = [f"model.{k}={getattr(cfg.model, k)!r} (trained with {getattr(stored.model, k)!r})"
+               for k in MODEL_SHAPE if getattr(cfg.model, k) != getattr(stored.model, k)]
+    if shaping:
+        raise StegoError(f"{path} does not fit the given config: {'; '.join(shaping)}; evaluate it without a preset "
+                         f"(its own config is used) or with the model settings it was trained with")
     torch.manual_seed(cfg.train.seed)  # the same random-init backbone as in training (tests, toy runs)
     backbone = build.backbone_for(cfg)
     model = build.model_for(cfg, state["in_dim"], state["n_classes"])
@@ -163,15 +174,27 @@ def released_for_eval(path: Path, cfg: Config | None, trusted: bool, overrides=(
     return cfg, model, backbone
 
 
+def check_scorable(dataset, n_classes: int, cfg: Config, split: str) -> None:
+    """Refuse, before any pass, a split without labels or with another number of classes than the probes."""
+    if not any(dataset.label_path(i) is not None for i in range(len(dataset))):
+        raise StegoError(f"split {split!r} of {cfg.data.dataset} under {cfg.data.root} has no labels: evaluation "
+                         f"scores predictions against labels; segment unlabelled images with `stego predict`")
+    if dataset.n_classes and dataset.n_classes != n_classes:
+        raise StegoError(f"the checkpoint's probes predict {n_classes} classes but {cfg.data.dataset} under "
+                         f"{cfg.data.root} has {dataset.n_classes}; evaluate it on the data it was trained for")
+
+
 def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, split: str = "val",
              crf: bool | None = None, overrides=()) -> dict:
     """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`, then the
     correspondence diagnostics beside it (stego.analysis; the record's "analysis" section names their files)."""
     started = time.perf_counter()
+    out_path = writable_file(out_path, "--record")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
+    dataset = build.val_dataset(cfg, split)
+    check_scorable(dataset, model.n_classes, cfg, split)
     device = pick_device(cfg.train.device)
     model, backbone = model.to(device), backbone.to(device)
-    dataset = build.val_dataset(cfg, split)
     metrics = evaluate(model, backbone, dataset, cfg, device, crf=crf)
     record = {"kind": "eval", "name": cfg.name, "config": cfg.to_dict(), "checkpoint": str(checkpoint),
               "split": split, "metrics": metrics, "seconds": time.perf_counter() - started,

@@ -21,10 +21,11 @@ import yaml
 from PIL import Image
 
 from .analysis import read_label_png
+from .config import MACHINE_KEYS
 from .errors import MissingFileError, StegoError
 from .figures import (confusion_figure, cooccurrence_figure, histogram_figure, pr_figure, qualitative_grid,
                       self_match_figure, training_curves)
-from .io import atomic_write
+from .io import atomic_write, writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -193,27 +194,62 @@ def _link(target: Path, base: Path, text: str) -> str:
 
 @dataclass
 class Row:
-    """The runs of one table row at one scale (one per seed)."""
+    """The runs of one table row at one scale with one config (one run per seed)."""
 
     name: str
     scale: str | None
     runs: list
+    variant: str = ""
+    """The config keys that set this row apart from others of its name, e.g. 'data.dataset=cityscapes27'."""
 
     @property
     def first(self) -> Run:
         return self.runs[0]
 
 
+IGNORED_IN_GROUPS = (("train", "seed"), *MACHINE_KEYS)
+"""What runs of one row may differ in: the seed, and settings that change no result."""
+
+
+def _flat_config(run: Run) -> dict:
+    """The run's config as {'section.key': value}, without the seed and machine settings."""
+    flat = {}
+    for section, values in sorted(run.config.items()):
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items() if (section, k) not in IGNORED_IN_GROUPS})
+        else:
+            flat[section] = values
+    return flat
+
+
+def _variant_label(config: dict, differing: list) -> str:
+    shown = [f"{k}={config.get(k)}" for k in differing[:3]]
+    return ", ".join(shown) + (f", +{len(differing) - 3} more" if len(differing) > 3 else "")
+
+
 def group_rows(runs) -> list[Row]:
-    rows = {}
+    """Runs of one row and scale are averaged over seeds only when their configs agree apart from the seed (and
+    machine settings); runs that share a name but not a config become rows of their own, labelled by the keys
+    that differ."""
+    named = {}
     for run in runs:
-        rows.setdefault((run.row, run.scale), []).append(run)
-    ordered = sorted(rows.items(), key=lambda item: (min(r.order for r in item[1]), item[0][0], item[0][1] or ""))
-    return [Row(name, scale, sorted(group, key=lambda r: (r.seed, str(r.path)))) for (name, scale), group in ordered]
+        named.setdefault((run.row, run.scale), []).append(run)
+    rows = []
+    for (name, scale), group in named.items():
+        configs = {}
+        for run in group:
+            configs.setdefault(json.dumps(_flat_config(run), sort_keys=True, default=str), []).append(run)
+        flats = [json.loads(key) for key in configs]
+        differing = sorted({k for f in flats for k in set().union(*flats) if any(g.get(k) != f.get(k) for g in flats)})
+        for key, members in configs.items():
+            label = _variant_label(json.loads(key), differing) if len(configs) > 1 else ""
+            rows.append(Row(name, scale, sorted(members, key=lambda r: (r.seed, str(r.path))), label))
+    return sorted(rows, key=lambda r: (min(x.order for x in r.runs), r.name, r.scale or "", r.variant))
 
 
 def _row_label(row: Row, many_scales: bool) -> str:
-    label = row.name.replace("|", "\\|") + (" †" if row.first.cited else "")
+    label = row.name + (f" [{row.variant}]" if row.variant else "")
+    label = label.replace("|", "\\|") + (" †" if row.first.cited else "")
     return f"{label} ({row.scale or '—'})" if many_scales else label
 
 
@@ -430,7 +466,7 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
     used, run_dirs = set(), {}
     for row in rows:
         for run in row.runs:
-            name = f"{slug(row.name)}{'-' + slug(row.scale) if row.scale else ''}/seed{run.seed}"
+            name = f"{slug(row.name + ' ' + row.variant)}{'-' + slug(row.scale) if row.scale else ''}/seed{run.seed}"
             candidate, k = name, 2
             while candidate in used:
                 candidate, k = f"{name}-{k}", k + 1
@@ -468,11 +504,12 @@ def build_reports(results_dir, out_dir=None) -> list[Path]:
     written, index first. `out_dir` defaults to RESULTS_DIR/report."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    if results_dir.is_dir():  # before reading anything (load_runs names a missing results folder)
+        writable_folder(out_dir, "--out")
     runs = load_runs(results_dir, exclude=out_dir)
     if not runs:
         raise StegoError(f"{results_dir}: no run records found (JSON files of kind 'benchmark' or 'eval'); "
                          "run `stego eval` or the benchmarks first, or point at the folder holding their records")
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables = {}
     for run in runs:
         tables.setdefault(run.table, []).append(run)

@@ -3,6 +3,7 @@
 Every random draw of iteration i (batch order, KNN partner ranks, dropout masks, loss samples) is seeded from
 (seed, i), so a run interrupted and resumed from a checkpoint takes exactly the steps of an uninterrupted one.
 """
+import contextlib
 import csv
 import json
 import logging
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from . import build
 from .config import Config, from_dict, save_config
 from .errors import StegoError
-from .io import atomic_save_json, atomic_write
+from .io import atomic_save_json, atomic_write, folder_lock
 from .loss import CorrespondenceLoss
 from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device,
                       set_threads, worker_count)
@@ -157,6 +158,26 @@ def _log_rows_up_to(path: Path, iteration: int) -> None:
         writer.writerows(rows)
 
 
+def _check_resumable(saved: Config, cfg: Config, iteration: int, checkpoint: Path) -> None:
+    """A run resumes only with the config it was written with, except that train.iterations may grow (extending
+    a run gives the weights of a run that was that long from the start: every draw is seeded by iteration)."""
+    before, now = saved.identity(), cfg.identity()
+    before["train"].pop("iterations")
+    now["train"].pop("iterations")
+    if before != now:
+        diff = sorted(f"{s}.{k}" for s in before if isinstance(before[s], dict)
+                      for k in before[s] if before[s][k] != now[s].get(k))
+        raise StegoError(f"{checkpoint} was written with another config (differs in {', '.join(diff) or 'name'}); "
+                         f"resume with the same preset and overrides (only train.iterations may grow), or use a new "
+                         f"--out folder")
+    if cfg.train.iterations < iteration:
+        raise StegoError(f"{checkpoint} is at iteration {iteration}, past train.iterations={cfg.train.iterations}; "
+                         f"give at least {iteration} to resume it")
+    if cfg.train.iterations != saved.train.iterations:
+        log.info("extending %s from %d to %d iterations", checkpoint.parent, saved.train.iterations,
+                 cfg.train.iterations)
+
+
 class TrainingStopped(Exception):
     """`train` stopped early on request (a signal): its checkpoint holds iteration `iteration`; resume continues."""
 
@@ -179,7 +200,13 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     A validation that is due or running then is owed: the checkpoint says so and resume runs it first.
     Returns the checkpoint to evaluate (best.pt with train.select_on_val, else checkpoint.pt).
     """
-    out = Path(out_dir)
+    rank, _ = distributed()
+    with folder_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, Path(out_dir), resume, stop_at, validate, should_stop)
+
+
+def _train(cfg: Config, out: Path, resume: bool, stop_at, validate, should_stop) -> Path:
+    """The body of `train`, with the run folder locked by rank 0."""
     rank, world = distributed()
     device = pick_device(cfg.train.device)
     t = cfg.train
@@ -189,14 +216,8 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     state = None
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        saved = from_dict(state["config"], source=str(checkpoint)).identity()
-        if saved != cfg.identity():
-            now = cfg.identity()
-            diff = sorted(f"{s}.{k}" for s in saved if isinstance(saved[s], dict)
-                          for k in saved[s] if saved[s][k] != now[s].get(k))
-            raise StegoError(f"{checkpoint} was written with another config (differs in {', '.join(diff) or 'name'}); "
-                             f"resume with the same preset and overrides, or use a new --out folder")
         start = state["iteration"]
+        _check_resumable(from_dict(state["config"], source=str(checkpoint)), cfg, start, checkpoint)
     elif checkpoint.exists():
         raise StegoError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out")
     if rank == 0:
@@ -226,7 +247,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         source = ByEpoch(KnnPairs(dataset, build.knn_table(cfg, backbone, dataset), cfg.data.num_neighbors, t.seed))
     else:
         source = ByEpoch(dataset)
-    best = {"miou": float("-inf"), "iteration": None}
+    best = {"miou": None, "iteration": None}
     owed = False  # the checkpoint's iteration was due a validation that a stop request cut short
     if state is not None:
         model.load_state_dict(state["model"])
@@ -244,7 +265,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         if miou is None:
             return False
         log.info("iteration %d: validation cluster mIoU %.2f", at, 100 * miou)
-        if miou > best["miou"]:
+        if best["miou"] is None or miou > best["miou"]:
             best = {"miou": miou, "iteration": at}
             if rank == 0 and t.select_on_val:
                 save_checkpoint(out / BEST, model, optimizers, at, cfg, {"best": best})

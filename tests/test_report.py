@@ -200,3 +200,26 @@ def test_bad_records_are_one_line_errors(tmp_path):
     write(tmp_path / "a" / "record.json", rec)
     with pytest.raises(StegoError, match="gone/analysis.json is missing"):
         build_reports(tmp_path, tmp_path / "out")
+
+
+def _eval_record(name, seed, dataset, backbone, miou):
+    return {"kind": "eval", "name": name, "seed": seed, "metrics": metrics(0.5, miou),
+            "config": {"name": name, "data": {"dataset": dataset, "workers": seed},
+                       "model": {"backbone": backbone}, "train": {"seed": seed}, "eval": {"crf": False}}}
+
+
+def test_runs_that_share_a_name_are_grouped_only_when_their_configs_agree(tmp_path):
+    """Seeds of one config are one row (mean ± std); other datasets or backbones under the same name are rows of
+    their own, labelled by the keys that differ; machine settings (data.workers) do not split a row."""
+    res = tmp_path / "res"
+    for k, (seed, dataset, backbone, miou) in enumerate([(0, "cocostuff27", "dino_vitb8", 0.20),
+                                                         (1, "cocostuff27", "dino_vitb8", 0.22),
+                                                         (0, "cityscapes27", "dino_vitb8", 0.50),
+                                                         (0, "cocostuff27", "dino_vits8", 0.60)]):
+        write(res / f"run{k}" / "record.json", _eval_record("stego", seed, dataset, backbone, miou))
+    page = build_reports(res, tmp_path / "out")[1].read_text()
+    coco_b8 = line_of(page, "stego [data.dataset=cocostuff27, model.backbone=dino_vitb8]")
+    assert coco_b8[1] == "0, 1" and coco_b8[6] == "21.0 ± 1.4"  # cells: row, seeds, then paper | measured | Δ
+    assert line_of(page, "stego [data.dataset=cityscapes27, model.backbone=dino_vitb8]")[1] == "0"
+    assert line_of(page, "stego [data.dataset=cocostuff27, model.backbone=dino_vits8]")[6] == "60.0"
+    assert not any(line.startswith("| stego | ") for line in page.splitlines())

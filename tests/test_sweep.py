@@ -271,6 +271,27 @@ def test_command_line_dry_run_and_status(tmp_path, scenes, capsys):
     assert "not a sweep folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("slurm", ["absent", "unreachable"])
+def test_submitting_without_a_reachable_slurm_is_one_line(tmp_path, scenes, capsys, monkeypatch, slurm):
+    """The default executor is SLURM: without sbatch, or with a controller that does not answer (sbatch installed,
+    no slurm.conf), the user gets one line naming --executor local, not submitit's traceback."""
+    from stego.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if slurm == "unreachable":
+        for tool in ("sbatch", "sinfo"):
+            (bin_dir / tool).write_text("#!/bin/sh\necho 'sinfo: fatal: Could not establish a configuration "
+                                        "source' >&2\nexit 1\n")
+            (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/nonexistent")
+    preset = write_preset(tmp_path / "tiny.yaml", scenes)
+    assert main(["sweep", "submit", "--dir", str(tmp_path / "sw"), "--preset", str(preset)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--executor local" in err[0], err
+    assert ("sbatch not found" if slurm == "absent" else "Could not establish a configuration source") in err[0]
+
+
 def test_debug_sweep_writes_records_skips_done_and_reruns_only_failed(tmp_path, scenes):
     later = tmp_path / "later"  # a data root that appears only after the first submission
     preset = write_preset(tmp_path / "tiny.yaml", scenes)

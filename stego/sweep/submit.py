@@ -5,6 +5,7 @@ import fcntl
 import logging
 import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,8 @@ class Resources:
         """A submitit executor with these resources; its logs and pickles go to `folder`."""
         import submitit
 
-        if self.executor == "slurm" and shutil.which("sbatch") is None:
-            raise StegoError("sbatch not found: run on a SLURM login node, or use --executor local (or debug)")
+        if self.executor == "slurm":
+            check_slurm()
         executor = submitit.AutoExecutor(folder=folder, cluster=self.executor)
         params = {"timeout_min": self.time_min, "gpus_per_node": self.gpus, "name": self.name,
                   "tasks_per_node": self.tasks or max(self.gpus, 1), "cpus_per_task": self.cpus, "mem_gb": self.mem_gb}
@@ -61,6 +62,22 @@ class Resources:
                           slurm_additional_parameters={"requeue": True})
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return executor
+
+
+NO_SLURM = "run where SLURM's commands reach a controller (a login node), or run the jobs here with --executor local"
+
+
+def check_slurm() -> None:
+    """One line, before any job is built, when SLURM cannot take a submission (no sbatch, no controller)."""
+    if shutil.which("sbatch") is None:
+        raise StegoError(f"--executor slurm: sbatch not found; {NO_SLURM} (or debug)")
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise StegoError(f"--executor slurm: sinfo did not answer ({type(err).__name__}); {NO_SLURM}") from None
+    if answer.returncode != 0:
+        reason = (answer.stderr.strip().splitlines() or [f"exit code {answer.returncode}"])[-1]
+        raise StegoError(f"--executor slurm: SLURM is not reachable ({reason}); {NO_SLURM}")
 
 
 @contextlib.contextmanager
@@ -125,9 +142,16 @@ def submit(sweep_dir, jobs: list[Job], resources: Resources, wait: bool = False,
 
 
 def _submit_array(executor, sweep_dir: Path, jobs: list[Job], resources: Resources):
+    import submitit
+
     task = Requeueable(resources.cpus)
-    with executor.batch():
-        handles = [executor.submit(task, job, str(sweep_dir)) for job in jobs]
+    try:
+        with executor.batch():
+            handles = [executor.submit(task, job, str(sweep_dir)) for job in jobs]
+    except submitit.core.utils.FailedJobError as err:
+        reason = (str(err).strip().splitlines() or ["sbatch failed"])[-1]
+        raise StegoError(f"sbatch refused the job array ({reason}); check the resources asked for (--partition, "
+                         f"--gpus, --time), or {NO_SLURM}") from None
     for job, handle in zip(jobs, handles):
         _note_submission(sweep_dir, job, "slurm", handle.job_id)
     log.info("submitted %d jobs as SLURM array %s", len(jobs), handles[0].job_id.split("_")[0])
