@@ -84,13 +84,19 @@ def knn_table_meta(cfg: Config, split: str = "train") -> dict:
 
 
 def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
-    """The split's KNN table, mined now (and saved under data.root/nns/) if it does not exist yet; an existing
-    table serves when it holds the ranks training draws (k > data.num_neighbors), whatever its k."""
+    """The split's KNN table, mined now (and saved under data.root/nns/, k = data.knn_k or every item of a smaller
+    split) if it does not exist yet; an existing table serves when it holds the ranks training draws
+    (k > data.num_neighbors), whatever its k."""
     path, meta = knn_path(cfg, split), knn_table_meta(cfg, split)
+    need = cfg.data.num_neighbors + 1
+    if len(dataset) < need:
+        raise StegoError(f"{cfg.data.root}: split {split!r} has {len(dataset)} training items, too few to draw KNN "
+                         f"partners of ranks 1..{cfg.data.num_neighbors}; lower data.num_neighbors below "
+                         f"{len(dataset)} or add images")
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
-    return mine_knn(backbone, dataset, path, meta, k=cfg.data.knn_k, workers=worker_count(cfg.data.workers),
-                    min_k=cfg.data.num_neighbors + 1, root=cfg.data.root)
+    return mine_knn(backbone, dataset, path, meta, k=min(cfg.data.knn_k, len(dataset)),
+                    workers=worker_count(cfg.data.workers), min_k=need, root=cfg.data.root)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides of the synthetic_demo preset")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("presets", help="list the configuration presets")
+    p = sub.add_parser("presets", help="list the configuration presets",
+                       description="Every preset under stego/presets/: which source its values follow (release: "
+                                   "the authors' checkpoints; paper: Table 6; ours), its dataset, backbone and code "
+                                   "dimension. Pass one to train/eval, then section.key=value overrides.")
     p.set_defaults(func=_presets)
 
     p = sub.add_parser("train", help="train a segmentation head (and probes) from a preset")
@@ -131,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint (ours or the authors' released .ckpt)")
     p.add_argument("--checkpoint", required=True, help="run folder's checkpoint.pt, or a released .ckpt")
     _add_config_args(p)
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val",
+                   help="the labelled split to score (default val; e.g. train, or potsdam3's train+val)")
     p.add_argument("--no-crf", action="store_true", help="skip DenseCRF")
     p.add_argument("--record", help="where to write the JSON run record (default: beside the checkpoint)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -155,21 +159,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import sweep
     from .data import check, fivecrop, knn, synthetic
+    from .download import data as download_data, weights as download_weights
 
     sweep.add_cli(sub)
 
     check.add_cli(sub)
     group = check.data_subparsers(sub)
-    for module in (fivecrop, knn, synthetic):
+    for module in (fivecrop, knn, synthetic, download_data):
         module.add_cli(group)
+    download_weights.add_cli(sub)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None):
+    """Parse `argv`; `section.key=value` overrides may also follow options (`--ablation X data.root=D`), which
+    argparse alone refuses for a positional list placed before them."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if extra and (len(overrides) < len(extra) or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or ' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def main(argv=None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, never crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -49,7 +49,7 @@ def scores_row(metrics: dict, key: str) -> dict:
 
 
 def examples(cfg, checkpoint, n: int = EXAMPLES) -> list[dict]:
-    """Image, truth and predictions (cluster, cluster + CRF, linear) of the first n val images."""
+    """Image, truth and predictions (cluster, cluster + CRF when eval.crf is on, linear) of the first n val images."""
     cfg, model, backbone = load_for_eval(checkpoint, cfg)
     dataset = build.val_dataset(cfg)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -57,12 +57,14 @@ def examples(cfg, checkpoint, n: int = EXAMPLES) -> list[dict]:
     labels = torch.stack([it["label"] for it in items])
     model.eval()
     cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])
-    pool = crf_pool(cfg)
-    try:
-        cluster_crf = crf_refine(images, cluster_lp, pool).argmax(1)
-    finally:
-        if pool is not None:
-            pool.close()
+    cluster_crf = None
+    if cfg.eval.crf:
+        pool = crf_pool(cfg)
+        try:
+            cluster_crf = crf_refine(images, cluster_lp, pool).argmax(1)
+        finally:
+            if pool is not None:
+                pool.close()
     # Show cluster ids under the class each was matched to, so colours are comparable with the truth.
     from .metrics import ConfusionMatrix, hungarian_match
 
@@ -72,9 +74,11 @@ def examples(cfg, checkpoint, n: int = EXAMPLES) -> list[dict]:
     to_class = np.full(cluster_lp.shape[1], -1)
     to_class[match[match >= 0]] = np.flatnonzero(match >= 0)
     rgb = (unnormalize(images).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    return [{"image": rgb[i], "truth": labels[i].numpy(), "cluster": to_class[cluster_lp[i].argmax(0).numpy()],
-             "cluster_crf": to_class[cluster_crf[i].numpy()], "linear": linear_lp[i].argmax(0).numpy()}
-            for i in range(len(items))]
+    rows = [{"image": rgb[i], "truth": labels[i].numpy(), "cluster": to_class[cluster_lp[i].argmax(0).numpy()],
+             "linear": linear_lp[i].argmax(0).numpy()} for i in range(len(items))]
+    for i, row in enumerate(rows if cluster_crf is not None else []):
+        row["cluster_crf"] = to_class[cluster_crf[i].numpy()]
+    return rows
 
 
 def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), seed: int = 0,
@@ -100,7 +104,7 @@ def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), see
     device = torch.device("cpu")
     val = build.val_dataset(cfg)
     results = {}
-    for name, (ckpt, crf) in {"stego": (checkpoint, True), "untrained": (untrained, False)}.items():
+    for name, (ckpt, crf) in {"stego": (checkpoint, cfg.eval.crf), "untrained": (untrained, False)}.items():
         run_cfg, model, backbone = load_for_eval(ckpt, cfg if name == "stego" else untrained_cfg)
         results[name] = steps.run(f"evaluate {name}", evaluate, model.to(device), backbone.to(device), val,
                                   run_cfg, device, crf=crf)
@@ -126,14 +130,14 @@ def render_report(record: dict) -> str:
     """The demo's markdown report from its record alone."""
     res = record["results"]
     stego, untrained, kmeans = (scores_row(res[k], "cluster") for k in ("stego", "untrained", "kmeans"))
-    crf = scores_row(res["stego"], "cluster_crf")
+    crf = scores_row(res["stego"], "cluster_crf") if "cluster_crf" in res["stego"] else None
     linear = scores_row(res["stego"], "linear")
     cfg = record["config"]
     lines = [
         "# STEGO demo on synthetic scenes",
         "",
         f"Backbone: `{cfg['model']['backbone']}`, a fixed hand-designed colour + texture filter bank (no learned "
-        "or downloaded weights; see `stego/filterbank.py`). Scenes: seeded synthetic images whose classes are "
+        "or downloaded weights; see `stego/backbones/filterbank.py`). Scenes: seeded synthetic images whose classes are "
         "families of colour/texture appearance modes sharing a weaker oriented-grating signature "
         "(`stego/data/synthetic.py`). Hyperparameters were set by the balance heuristic of the paper's A.11 "
         "(mean code correlations in the training log), not by validation labels.",
@@ -144,7 +148,7 @@ def render_report(record: dict) -> str:
         "| method | cluster mIoU | cluster accuracy |",
         "|---|---:|---:|",
         f"| STEGO (trained head) | {stego['miou']:.1f} | {stego['accuracy']:.1f} |",
-        f"| STEGO + DenseCRF | {crf['miou']:.1f} | {crf['accuracy']:.1f} |",
+        *([f"| STEGO + DenseCRF | {crf['miou']:.1f} | {crf['accuracy']:.1f} |"] if crf else []),
         f"| (a) same pipeline, untrained head | {untrained['miou']:.1f} | {untrained['accuracy']:.1f} |",
         f"| (b) cosine k-means on raw features | {kmeans['miou']:.1f} | {kmeans['accuracy']:.1f} |",
         "",

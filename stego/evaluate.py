@@ -4,6 +4,7 @@ Writes one JSON run record (config, metrics with and without CRF, per-class IoU,
 versions, git commit) atomically.
 """
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -174,11 +175,12 @@ def released_for_eval(path: Path, cfg: Config | None, trusted: bool, overrides=(
     return cfg, model, backbone
 
 
-def check_scorable(dataset, n_classes: int, cfg: Config, split: str) -> None:
+def check_scorable(dataset, n_classes: int, cfg: Config, split: str, checkpoint) -> None:
     """Refuse, before any pass, a split without labels or with another number of classes than the probes."""
     if not any(dataset.label_path(i) is not None for i in range(len(dataset))):
         raise StegoError(f"split {split!r} of {cfg.data.dataset} under {cfg.data.root} has no labels: evaluation "
-                         f"scores predictions against labels; segment unlabelled images with `stego predict`")
+                         f"scores predictions against labels; segment unlabelled images with `stego predict "
+                         f"--checkpoint {shlex.quote(str(checkpoint))} --images DIR --out OUT`")
     if dataset.n_classes and dataset.n_classes != n_classes:
         raise StegoError(f"the checkpoint's probes predict {n_classes} classes but {cfg.data.dataset} under "
                          f"{cfg.data.root} has {dataset.n_classes}; evaluate it on the data it was trained for")
@@ -192,7 +194,7 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     out_path = writable_file(out_path, "--record")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
     dataset = build.val_dataset(cfg, split)
-    check_scorable(dataset, model.n_classes, cfg, split)
+    check_scorable(dataset, model.n_classes, cfg, split, checkpoint)
     device = pick_device(cfg.train.device)
     model, backbone = model.to(device), backbone.to(device)
     metrics = evaluate(model, backbone, dataset, cfg, device, crf=crf)

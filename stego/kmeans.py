@@ -125,7 +125,7 @@ def sample_features(backbone, dataset, max_rows: int = 200_000, batch_size: int 
     generator = torch.Generator().manual_seed(seed)
     rows = []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    for batch in tqdm(loader, desc="k-means features", disable=None, leave=False):
+    for batch in tqdm(loader, desc="k-means features", leave=False):
         feats = backbone(batch["img"].to(device)).float().cpu()
         b, c, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)

@@ -448,7 +448,7 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
     scales = sorted({r.scale or "—" for r in runs})
     many = len(scales) > 1
     lines = [f"# {table}", "",
-             f"Built by `stego report` from {len(runs)} record(s) of {len(rows)} row(s); scale: {', '.join(scales)}.",
+             f"Built by `stego report RESULTS_DIR` from {len(runs)} record(s) of {len(rows)} row(s); scale: {', '.join(scales)}.",
              "Values are percentages. Paper numbers as printed; measured = mean ± sample standard deviation (n − 1) "
              "over seeds; Δ = measured − paper. Measured is the DenseCRF-refined probe when the run's config had "
              "`eval.crf` on (or what the record's `measured` field names), else the plain probe.", "",
@@ -509,13 +509,13 @@ def build_reports(results_dir, out_dir=None) -> list[Path]:
     runs = load_runs(results_dir, exclude=out_dir)
     if not runs:
         raise StegoError(f"{results_dir}: no run records found (JSON files of kind 'benchmark' or 'eval'); "
-                         "run `stego eval` or the benchmarks first, or point at the folder holding their records")
+                         "run `stego eval --checkpoint CKPT` or the benchmarks first, or point at the folder holding their records")
     tables = {}
     for run in runs:
         tables.setdefault(run.table, []).append(run)
     pages = [table_report(table, tables[table], out_dir) for table in sorted(tables)]
     source = Path(os.path.relpath(results_dir.resolve(), out_dir.resolve())).as_posix()
-    lines = ["# Reports", "", f"Built by `stego report` from the records under `{source}` (relative to this folder).",
+    lines = ["# Reports", "", f"Built by `stego report RESULTS_DIR` from the records under `{source}` (relative to this folder).",
              "", "| Table | Scale | Rows | Runs |", "|---|---|---|---|"]
     for table, page in zip(sorted(tables), pages):
         runs_of = tables[table]

@@ -32,7 +32,7 @@ def slurm_states(ids) -> dict[str, str]:
     if not ids:
         return {}
     if shutil.which("squeue") is None:
-        raise QueueError("squeue not found: run `stego sweep status` where the SLURM commands are installed")
+        raise QueueError("squeue not found: run `stego sweep status DIR` where the SLURM commands are installed")
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
                              capture_output=True, text=True, timeout=60)

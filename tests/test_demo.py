@@ -44,3 +44,15 @@ def test_rerunning_the_demo_reuses_finished_work(demo):
     again = json.loads((demo / "demo_record.json").read_text())
     assert again["results"]["stego"]["cluster"] == record["results"]["stego"]["cluster"]
     assert again["steps_seconds"]["mine KNN and train STEGO"] < 30
+
+
+def test_demo_without_crf_shows_no_crf_row(tmp_path):
+    from stego.data.synthetic import SceneSpec
+    from stego.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", overrides=["eval.crf=false", "train.iterations=4", "train.checkpoint_every=4"],
+                      scenes=SceneSpec(size=48, n_train=40, n_val=6))
+    text = report.read_text()
+    assert "| STEGO (trained head) |" in text and "DenseCRF" not in text
+    record = json.loads((tmp_path / "demo" / "demo_record.json").read_text())
+    assert "cluster_crf" not in record["results"]["stego"]

@@ -172,7 +172,7 @@ def test_missing_table_says_how_to_make_it(tmp_path):
                                                r"set\)$"):
         KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam", weights="dino.pth:sha256:0"), min_k=8,
                       root="/data")
-    with pytest.raises(MissingFileError, match=r"not found; mine it with `stego data knn` \(its options"):
+    with pytest.raises(MissingFileError, match=r"not found; mine it with stego data knn \(its options: `stego data knn --help`"):
         KnnTable.load(tmp_path / "nope.pt")
 
 
@@ -429,7 +429,8 @@ def test_cli_mines_an_image_folder_once(tmp_path, capsys):
     args = knn_parser().parse_args(argv + ["--k", "4"])
     assert args.func(args) == 0
     path = root / "nns" / "nns_dino_vits16_imagefolder_train_none_32.pt"
-    assert str(path) in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert str(path) in printed.out and "knn features" in printed.err  # a progress bar, also off a terminal
     expect = dict(backbone="dino_vits16", weights="random", dataset="imagefolder", split="train", crops="none",
                   res=32, n=6, dropout=False)
     table = KnnTable.load(path, expect, min_k=4)
@@ -474,3 +475,21 @@ def test_a_table_of_changed_images_is_refused_with_the_rebuild_command(tmp_path,
     forced = knn_parser().parse_args(shlex.split(command)[2:])
     assert forced.func(forced) == 0 and args.func(args) == 0
 
+
+
+def test_a_split_smaller_than_knn_k_mines_every_item_and_too_small_a_split_is_named(tmp_path):
+    from stego import build
+    from stego.config import from_dict
+
+    root = write_imagefolder(tmp_path / "data", splits=("train",), n=6).root
+    values = {"data": {"dataset": "imagefolder", "root": str(root), "crop": "none", "res": 32, "workers": 0,
+                       "num_neighbors": 3},
+              "model": {"backbone": "dino_vits16", "weights": "random"}, "train": {"device": "cpu"}}
+    cfg = from_dict(values)
+    assert cfg.data.knn_k == 30
+    table = build.knn_table(cfg, build.backbone_for(cfg), build.train_dataset(cfg))
+    assert table.k == 6
+    values["data"]["num_neighbors"] = 6
+    cfg = from_dict(values)
+    with pytest.raises(StegoError, match=r"has 6 training items, too few to draw KNN partners of ranks 1\.\.6"):
+        build.knn_table(cfg, build.backbone_for(cfg), build.train_dataset(cfg))

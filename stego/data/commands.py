@@ -23,11 +23,13 @@ def fivecrop_command(dataset: str, root, split: str, crop_ratio: float = 0.5, fo
     return " ".join(parts + (["--force"] if force else []))
 
 
-def check_command(dataset: str, root, split: str | None = None, crop: bool = False) -> str:
-    """Check a dataset's files and list every bad one."""
+def check_command(dataset: str, root, split: str | None = None, crop_ratio: float | None = None) -> str:
+    """Check a dataset's files (its five-crops when `crop_ratio` is given) and list every bad one."""
     parts = ["stego data check --dataset", _quote(dataset), "--root", _quote(root)]
     parts += ["--split", _quote(split)] if split else []
-    return " ".join(parts + (["--crop"] if crop else []))
+    if crop_ratio is not None:
+        parts += ["--crop"] + (["--crop-ratio", f"{float(crop_ratio):g}"] if float(crop_ratio) != 0.5 else [])
+    return " ".join(parts)
 
 
 def knn_command(meta: dict, root, force: bool = True) -> str:

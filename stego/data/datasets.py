@@ -59,7 +59,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stego.data import mappings
-from stego.data.commands import fivecrop_command
+from stego.data.commands import check_command, fivecrop_command
 from stego.data.transforms import SegTransform, default_transform
 from stego.data.files import (CorruptFileError, DataFileError, DirListing, EmptySplitError, Item, LabelRangeError,
                               MissingDataError, SizeMismatchError, only_valid_8bit, ranges_text, read_id_list,
@@ -69,7 +69,6 @@ from stego.io import atomic_save_json
 
 log = logging.getLogger(__name__)
 
-SKIP_HINT = "or pass --skip-bad to skip it and record it in a report"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -87,8 +86,8 @@ class SegmentationDataset(Dataset):
     get_it = "see the layouts in stego/data/datasets.py"
     repair = "replace it with an intact copy from the original download"
 
-    def __init__(self, items, split, *, lut, valid, transform=None, skip_bad=False):
-        self.split = split
+    def __init__(self, items, split, *, lut, valid, root, transform=None, skip_bad=False):
+        self.split, self.root = split, root
         self.transform = transform if transform is not None else default_transform(split)
         self.skip_bad = skip_bad
         self._lut, self._valid = lut, valid
@@ -100,11 +99,16 @@ class SegmentationDataset(Dataset):
             raise EmptySplitError(source, f"none of the {len(items)} entries of split {split!r} has its files",
                                   self.get_it, skipped=self.skipped)
 
+    def _skip_hint(self):
+        check = check_command(self.name, self.root, self.split, getattr(self, "crop_ratio", None) if self.cropped
+                              else None)
+        return f"`{check}` lists every such file (five-crop and data check can skip them with --skip-bad)"
+
     def _missing_fix(self):
-        return f"{self.get_it}, {SKIP_HINT}"
+        return f"{self.get_it}; {self._skip_hint()}"
 
     def _bad_fix(self):
-        return f"{self.repair}, {SKIP_HINT}"
+        return f"{self.repair}; {self._skip_hint()}"
 
     def _resolve(self, items):
         listing, kept = DirListing(), []
@@ -245,7 +249,7 @@ class CocoStuff27(SegmentationDataset):
         list_file = base / "curated" / folder / (list_name or self.DEFAULT_LISTS[split])
         items = [Item(str(base / "images" / folder / f"{i}.jpg"), str(base / "annotations" / folder / f"{i}.png"),
                       True, str(list_file)) for i in read_id_list(list_file, self.get_it)]
-        super().__init__(items, split, lut=mappings.COCO_FINE_TO_27, valid=mappings.COCO_VALID_RAW,
+        super().__init__(items, split, root=root, lut=mappings.COCO_FINE_TO_27, valid=mappings.COCO_VALID_RAW,
                          transform=transform, skip_bad=skip_bad)
 
 
@@ -270,8 +274,8 @@ class Cityscapes27(SegmentationDataset):
         items = [Item(str(p), str(base / "gtFine" / split / p.parent.name / (p.name[:-len(suffix)]
                                                                              + "_gtFine_labelIds.png")),
                       True, str(img_dir)) for p in images]
-        super().__init__(items, split, lut=mappings.CITYSCAPES_LABELID_TO_27, valid=mappings.CITYSCAPES_VALID_RAW,
-                         transform=transform, skip_bad=skip_bad)
+        super().__init__(items, split, root=root, lut=mappings.CITYSCAPES_LABELID_TO_27,
+                         valid=mappings.CITYSCAPES_VALID_RAW, transform=transform, skip_bad=skip_bad)
 
 
 class Potsdam3(SegmentationDataset):
@@ -301,7 +305,7 @@ class Potsdam3(SegmentationDataset):
             items += [Item(str(base / "imgs" / f"{i}.mat"), str(base / "gt" / f"{i}.mat"),
                            list_name.startswith("labelled"), str(list_file))
                       for i in read_id_list(list_file, self.get_it)]
-        super().__init__(items, split, lut=mappings.POTSDAM_6_TO_3, valid=mappings.POTSDAM_VALID_RAW,
+        super().__init__(items, split, root=root, lut=mappings.POTSDAM_6_TO_3, valid=mappings.POTSDAM_VALID_RAW,
                          transform=transform, skip_bad=skip_bad)
 
     def _read_image(self, path):
@@ -359,7 +363,7 @@ class ImageFolder(SegmentationDataset):
         items = [Item(str(p), str(label_dir / f"{p.stem}.png") if has_labels else None, True, str(img_dir))
                  for p in images]
         lut, valid = mappings.identity_lut(n_classes)
-        super().__init__(items, split, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
 
 
 def image_folder_dir(root):
@@ -402,7 +406,7 @@ class CroppedDataset(SegmentationDataset):
             raise EmptySplitError(img_dir, "no <index>.jpg crops", self.get_it)
         items = [Item(str(img_dir / f"{k}.jpg"), str(label_dir / f"{k}.png"), True, str(img_dir)) for k in indices]
         lut, valid = mappings.shifted_lut(self.n_classes)
-        super().__init__(items, split, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
 
 
 def reader_class(name, crop=False, options=()):

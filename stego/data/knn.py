@@ -108,7 +108,7 @@ def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, amp=
                         pin_memory=device.type == "cuda")
     out, seen = [], 0
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
-        for batch in tqdm(loader, desc="knn features", unit="batch", disable=None):
+        for batch in tqdm(loader, desc="knn features", unit="batch"):
             img = batch["img"]
             if "index" in batch:
                 _check_order(dataset, batch["index"], seen)
@@ -196,7 +196,7 @@ def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio
 def _remine_hint(meta, root, force=True):
     """What to run about a missing or unusable table, for error messages."""
     if not meta or "dataset" not in meta:
-        return "mine it with `stego data knn` (its options: `stego data knn --help`, docs/data.md)"
+        return "mine it with stego data knn (its options: `stego data knn --help`, docs/data.md)"
     custom = "" if str(meta.get("weights", "")).startswith("random") else " (plus --weights PATH if model.weights is set)"
     return f"{'re-run' if force else 'mine it with'} `{knn_command(meta, root, force)}`{custom}"
 
@@ -318,8 +318,12 @@ def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key
 
 def add_cli(data_subparsers):
     """Register `knn` (under `stego data`): mine and save the KNN table of one dataset split."""
-    p = data_subparsers.add_parser("knn", help="mine the cosine top-k nearest-neighbour table of a split",
-                                   description=add_cli.__doc__)
+    p = data_subparsers.add_parser(
+        "knn", help="mine the cosine top-k nearest-neighbour table of a split",
+        description="Embed every image (or five-crop) of a split with a frozen backbone, global-average-pool and "
+                    "L2-normalise the features, and keep each one's K most similar (rank 0: itself) in "
+                    "ROOT/nns/. Training mines its table on first use; this command mines it ahead (e.g. on a GPU "
+                    "node). A table already there is kept when it matches the images and keeps at least K.")
     p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
     p.add_argument("--root", required=True, type=Path, help="data root; the table goes to ROOT/nns/")
     p.add_argument("--split", required=True, help="split to mine within (train, val, ...)")

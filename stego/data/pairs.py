@@ -17,7 +17,7 @@ class KnnPairs(Dataset):
     def __init__(self, dataset, table, num_neighbors=7, seed=0):
         if len(dataset) != table.n:
             raise StegoError(f"KNN table has {table.n} rows but the dataset has {len(dataset)} items; the table "
-                             "belongs to another split or crop type: re-run `stego data knn` for this one")
+                             "belongs to another split or crop type: re-mine it for this one (`stego data knn --help`)")
         if not 1 <= num_neighbors <= table.k - 1:
             raise StegoError(f"num_neighbors={num_neighbors} needs ranks 1..{num_neighbors} but the KNN table "
                              f"keeps ranks 0..{table.k - 1}; lower num_neighbors or re-mine with --k "

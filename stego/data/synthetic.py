@@ -217,8 +217,13 @@ def make_scenes(root, spec=SceneSpec(), seed=0):
 
 def add_cli(data_subparsers):
     """Register `synthetic --out DIR [--seed S] [--train N] [--val N] [--size PX]`."""
-    p = data_subparsers.add_parser("synthetic", help="write a seeded synthetic scene dataset (image-folder layout)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p = data_subparsers.add_parser(
+        "synthetic", help="write a seeded synthetic scene dataset (image-folder layout)",
+        description="Seeded scenes whose classes are families of colour/texture appearances that share a weaker "
+                    "grating signature: a small world in which STEGO has something to learn (the demo's). Written "
+                    "as OUT/images/<split>/, OUT/labels/<split>/ and OUT/classes.txt; train on it with "
+                    "data.dataset=synthetic data.root=OUT. Re-running keeps what is there.")
+    p.add_argument("--out", required=True, type=Path, help="output folder (the data root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=SceneSpec.n_train, help="number of training images")
     p.add_argument("--val", type=int, default=SceneSpec.n_val, help="number of validation images")
