@@ -16,8 +16,13 @@ from stego.errors import StegoError
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """What a backbone name means: its family, state-dict layout ('vit', 'resnet' or 'custom'), output shape and
-    official weights."""
+    """What a backbone name means: its family, state-dict layout ('vit', 'resnet', 'convnext' or 'custom'), output
+    shape and official weights.
+
+    access: for licence-gated weights (no `url`), the page where access is requested; they are never downloaded.
+    adapt: maps a state dict with the release's own key names to the architecture's (None: same names); it must
+    pass the architecture's own keys through unchanged, so our checkpoints load too.
+    """
 
     name: str
     arch: str
@@ -27,6 +32,8 @@ class BackboneSpec:
     url: str | None = None
     timm_name: str | None = None
     family: str = "custom"
+    access: str | None = None
+    adapt: Callable[[dict], dict] | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {}

@@ -39,8 +39,8 @@ def search_dirs(weights_dir=None) -> list[Path]:
 
 
 def resolve_weight_file(name: str, weights_dir=None) -> Path:
-    """Find the official weight file of `name` in `search_dirs`; download it into the first of them when online.
-    Raises MissingWeightsError (one line) otherwise."""
+    """Find the official weight file of `name` in `search_dirs`; download it into the first of them when online
+    (never licence-gated weights). Raises MissingWeightsError (one line) otherwise."""
     spec = spec_of(name)
     if not spec.weight_file:
         raise StegoError(f"backbone {name!r} has no official weight file; set {WEIGHTS_OPTION}, or 'random'")
@@ -50,6 +50,11 @@ def resolve_weight_file(name: str, weights_dir=None) -> Path:
             return d / spec.weight_file
     where = f"put {spec.weight_file} (from {spec.url}) in ${WEIGHTS_ENV}, or set {WEIGHTS_OPTION}"
     searched = ", ".join(str(d) for d in dirs)
+    if spec.access:
+        raise MissingWeightsError(f"{name}: weight file {spec.weight_file} not found; its licence requires an access "
+                                  f"request at {spec.access} (the download links come by e-mail; never downloaded "
+                                  f"automatically), then put the file in ${WEIGHTS_ENV}, or set {WEIGHTS_OPTION} "
+                                  f"(searched {searched})")
     if offline() or not spec.url:
         raise MissingWeightsError(f"{name}: weight file {spec.weight_file} not found"
                                   f"{' and offline' if spec.url else ''}; {where} (searched {searched})")
@@ -79,11 +84,11 @@ def _read(path: Path) -> dict:
 
 
 def load_backbone_state_dict(path_or_dict, kind: str) -> dict:
-    """Read a weight file (or take a dict) and return the backbone's own state dict for `kind` ('vit'/'resnet').
+    """Read a weight file (or take a dict) and return the backbone's state dict for `kind` ('vit'/'resnet'/'convnext').
 
     Unwraps 'teacher' / 'state_dict' / 'model' containers (DINO, MoCo, Lightning); strips 'module.'; keeps only
     the keys under 'net.model.' (STEGO release), 'backbone.' (DINO) or 'encoder_q.' (MoCo) when present;
-    drops classifier heads ('head.*' for ViTs, 'fc.*' for ResNets, so MoCo's MLP head goes too).
+    drops classifier heads ('head.*' for ViTs and ConvNeXts, 'fc.*' for ResNets, so MoCo's MLP head goes too).
     """
     sd = path_or_dict if isinstance(path_or_dict, dict) else _read(Path(path_or_dict))
     source = "the given state dict" if isinstance(path_or_dict, dict) else str(path_or_dict)
@@ -98,9 +103,9 @@ def load_backbone_state_dict(path_or_dict, kind: str) -> dict:
     for prefix in ("net.model.", "backbone.", "encoder_q."):
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    head = {"vit": "head.", "resnet": "fc."}.get(kind)
+    head = {"vit": "head.", "resnet": "fc.", "convnext": "head."}.get(kind)
     if head is None:
-        raise StegoError(f"unknown backbone kind {kind!r}; expected 'vit' or 'resnet'")
+        raise StegoError(f"unknown backbone kind {kind!r}; expected 'vit', 'resnet' or 'convnext'")
     sd = {k: v for k, v in sd.items() if not k.startswith(head)}
     if not sd:
         raise StegoError(f"{source} holds no {kind} backbone tensors; is it the right weight file?")
@@ -128,7 +133,8 @@ def load_strict(trunk: nn.Module, state: dict, source: str, spec: BackboneSpec) 
 
 
 def load_weights(model, spec: BackboneSpec, weights, weights_dir=None):
-    """Fill `model.trunk` from `weights` as `build_backbone` takes them (None, "random", a path or a state dict)."""
+    """Fill `model.trunk` from `weights` as `build_backbone` takes them (None, "random", a path or a state dict),
+    the release's key names mapped by `spec.adapt`."""
     if isinstance(weights, str) and weights == "random":
         return model
     if isinstance(weights, dict):
@@ -136,6 +142,8 @@ def load_weights(model, spec: BackboneSpec, weights, weights_dir=None):
     else:
         path = Path(weights) if weights is not None else resolve_weight_file(spec.name, weights_dir)
         source, state = str(path), load_backbone_state_dict(path, spec.arch)
+    if spec.adapt is not None:
+        state = spec.adapt(state)
     load_strict(model.trunk, state, source, spec)
     log.info("loaded %s weights from %s", spec.name, source)
     return model
