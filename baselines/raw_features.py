@@ -13,14 +13,15 @@ k-means (`stego.kmeans`) on the same raw features, scored by the same evaluation
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from stego.config import Config, load_config
 from stego.errors import StegoError
 from stego.evaluate import run_eval
-from stego.io import atomic_save_json
-from stego.runtime import git_commit, versions
-from stego.train import CHECKPOINT, train
+from stego import records
+from stego.runs import RunDir
+from stego.train import train
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def is_raw(cfg: Config) -> bool:
     return cfg.model.projection == "none" and loss.lambda_self == loss.lambda_knn == loss.lambda_rand == 0
 
 
-def run_baseline(cfg: Config, out_dir, crf: bool | None = None) -> dict:
+def run_baseline(cfg: Config, out_dir, crf: bool | None = None) -> records.EvalRecord:
     """Fit the probes on raw features (out_dir/train/, resumed if interrupted) and write out_dir/eval.json.
 
     Returns the evaluation record (`stego.evaluate.run_eval`); crf None follows cfg.eval.crf.
@@ -59,19 +60,22 @@ def run_baseline(cfg: Config, out_dir, crf: bool | None = None) -> dict:
                          f"build it with baseline_config")
     out = Path(out_dir)
     train_dir = out / "train"
-    checkpoint = train(cfg, train_dir, resume=(train_dir / CHECKPOINT).exists())
+    checkpoint = train(cfg, train_dir, resume=RunDir(train_dir).checkpoint.exists())
     return run_eval(cfg, checkpoint, out / "eval.json", crf=crf)
 
 
-def run_kmeans(cfg: Config, out_dir, crf: bool | None = None, seed: int = 0) -> dict:
+def run_kmeans(cfg: Config, out_dir, crf: bool | None = None, seed: int = 0) -> records.EvalRecord:
     """Lloyd spherical k-means (K = classes) on the raw training features instead of the Adam-trained probe;
     scored on the validation split by `stego.evaluate` and written to out_dir/kmeans.json (cluster metrics only)."""
     from stego.kmeans import raw_feature_kmeans
 
+    started = time.perf_counter()
     metrics = raw_feature_kmeans(cfg, crf=crf, seed=seed)
-    record = {"kind": "kmeans", "name": cfg.name, "config": cfg.to_dict(), "metrics": metrics, "seed": seed,
-              "versions": versions(), "git_commit": git_commit()}
-    atomic_save_json(record, Path(out_dir) / "kmeans.json")
+    record = records.EvalRecord(name=f"{cfg.name}-kmeans", config=cfg.to_dict(),
+                                checkpoint=f"none: spherical k-means of raw {cfg.model.backbone} features (seed {seed})",
+                                split="val", metrics=metrics, seconds=time.perf_counter() - started, seed=seed,
+                                **records.provenance())
+    records.write(record, Path(out_dir) / "kmeans.json")
     return record
 
 
@@ -94,11 +98,11 @@ def main(argv=None) -> int:
     except StegoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    m = record["metrics"]
+    m = record.metrics
     print(f"{cfg.name}: cluster acc {100 * m['cluster']['accuracy']:.1f} mIoU {100 * m['cluster']['miou']:.1f} | "
           f"linear acc {100 * m['linear']['accuracy']:.1f} mIoU {100 * m['linear']['miou']:.1f}")
     if kmeans:
-        k = kmeans["metrics"]["cluster"]
+        k = kmeans.metrics["cluster"]
         print(f"{cfg.name} (Lloyd k-means): cluster acc {100 * k['accuracy']:.1f} mIoU {100 * k['miou']:.1f}")
     return 0
 

@@ -3,13 +3,13 @@
 --run-gpu (root conftest) runs every row at paper scale on real data and weights and checks the paper's numbers;
 without it every row runs at toy scale on synthetic scenes and only the pipeline is checked.
 """
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from benchmarks import runner, toy
+from stego import records
 from stego.errors import MissingFileError
 
 RESULTS_ENV = "STEGO_RESULTS"
@@ -25,7 +25,7 @@ def pytest_addoption(parser):
     group.addoption("--data-root", default=None,
                     help=f"datasets root for --run-gpu runs (default ${DATA_ROOT_ENV}, else each preset's data.root)")
     group.addoption("--release-dir", default=None,
-                    help=f"folder of the released .ckpt files (default ${runner.RELEASE_DIR_ENV}, else saved_models/)")
+                    help="folder of the released .ckpt files (default $STEGO_RELEASE_DIR, else saved_models/)")
     group.addoption("--select-on-val", action="store_true",
                     help="keep the checkpoint with the best validation cluster mIoU (the authors' practice)")
     group.addoption("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -90,39 +90,39 @@ def check_pipeline(row, seed, record, results_dir):
     """A toy record is complete and consistent: what was run is the row's switches, numbers are in range."""
     path = runner.record_path(results_dir, row, seed)
     assert path.is_file(), path
-    assert record["kind"] == "benchmark" and record["row_kind"] == row.kind
-    assert (record["table"], record["row"], record["seed"], record["scale"]) == (row.table, row.name, seed, "toy")
-    assert record["paper"] == row.paper and record["cited"] == row.cited
-    assert record["row_order"] == runner.REGISTRY[row.table].index(row)
+    assert record.KIND == "benchmark" and record.row_kind == row.kind
+    assert (record.table, record.row, record.seed, record.scale) == (row.table, row.name, seed, "toy")
+    assert record.paper == row.paper and record.cited == row.cited
+    assert record.row_order == runner.REGISTRY[row.table].index(row)
     reported = [m for m in runner.METRICS if row.paper[m] is not None]
-    assert sorted(record["comparison"]) == sorted(reported)
+    assert sorted(record.comparison) == sorted(reported)
     if row.cited:
-        assert record["measured_values"] is None and record["metrics"] is None and record["train_dir"] is None
+        assert record.measured_values is None and record.metrics is None and record.train_dir is None
         return
     for key in ("eval_record", "train_config", "checkpoint"):
-        assert (path.parent / record[key]).is_file(), key
-    if record["analysis"]:
-        assert (path.parent / record["analysis"]["data"]).is_file()
-    values = record["measured_values"]
+        assert (path.parent / getattr(record, key)).is_file(), key
+    if record.analysis:
+        assert (path.parent / record.analysis["data"]).is_file()
+    values = record.measured_values
     assert all(0.0 <= values[m] <= 100.0 for m in runner.METRICS), values
     assert values["cluster_acc"] > 0, "nothing matched: the cluster probe predicted no pixel right"
     full = row.config()
     for section, key in (("loss", "zero_clamp"), ("loss", "pointwise"), ("loss", "lambda_self"),
                          ("loss", "lambda_knn"), ("loss", "lambda_rand"), ("data", "crop"), ("model", "projection"),
                          ("eval", "crf")):
-        assert record["config"][section][key] == getattr(getattr(full, section), key), f"{section}.{key}"
+        assert record.config[section][key] == getattr(getattr(full, section), key), f"{section}.{key}"
     cluster, linear = ("cluster_crf", "linear_crf") if full.eval.crf else ("cluster", "linear")
-    assert record["measured"] == {"cluster": cluster, "linear": linear}
-    assert values["cluster_miou"] == pytest.approx(100 * record["metrics"][cluster]["miou"])
-    assert values["linear_acc"] == pytest.approx(100 * record["metrics"][linear]["accuracy"])
-    assert runner.run_row(row, "toy", seed, results_dir) == json.loads(path.read_text()), "a done row is reused"
+    assert record.measured == {"cluster": cluster, "linear": linear}
+    assert values["cluster_miou"] == pytest.approx(100 * record.metrics[cluster]["miou"])
+    assert values["linear_acc"] == pytest.approx(100 * record.metrics[linear]["accuracy"])
+    assert runner.run_row(row, "toy", seed, results_dir) == records.read(path), "a done row is reused"
 
 
 def check_paper(row, record):
     """Every measured number within the row's tolerance of the paper's; a documented known gap is xfail."""
     if row.cited:
         return
-    bad = runner.failures(record)
+    bad = runner.failures(record.comparison)
     if bad and row.known_gap:
         pytest.xfail(f"known gap: {row.known_gap}; " + "; ".join(bad))
-    assert not bad, f"{row.table}/{row.name} seed {record['seed']}: " + "; ".join(bad)
+    assert not bad, f"{row.table}/{row.name} seed {record.seed}: " + "; ".join(bad)

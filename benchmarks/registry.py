@@ -1,4 +1,4 @@
-"""Paper Tables 1–5 and the independent re-run as data; Table 6 rendered from the presets (PROTOCOL §8).
+"""Paper Tables 1–5 and the independent re-run as data; Table 6 rendered from the presets (docs/protocol.md §8).
 
 Each row is a preset plus an ablation switch (stego/presets/_ablations.yaml) plus overrides, the published
 numbers (percent, as printed; None where the table has none) and a tolerance per metric. Row kinds:
@@ -39,7 +39,7 @@ def slugify(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Row:
+class BenchmarkRow:
     """One row of a paper table: how to produce it and what the paper printed."""
 
     table: str
@@ -91,24 +91,24 @@ class Row:
         return load_config(self.preset, list(self.overrides), self.ablation)
 
 
-def cited(table: str, name: str, numbers: dict, note: str = "") -> Row:
-    return Row(table, name, "cited", numbers, source="paper (cited from the original publication)", note=note)
+def cited(table: str, name: str, numbers: dict, note: str = "") -> BenchmarkRow:
+    return BenchmarkRow(table, name, "cited", numbers, source="paper (cited from the original publication)", note=note)
 
 
 def stego(table: str, name: str, preset: str, numbers: dict, ablation: str | None = None, overrides=(),
-          note: str = "") -> Row:
-    return Row(table, name, "stego", numbers, preset, ablation, tuple(overrides), tolerance=TOL_RETRAINED,
+          note: str = "") -> BenchmarkRow:
+    return BenchmarkRow(table, name, "stego", numbers, preset, ablation, tuple(overrides), tolerance=TOL_RETRAINED,
                selected_on_val=True, note=note)
 
 
 def baseline(table: str, name: str, preset: str, backbone: str, numbers: dict, overrides=(), source="paper",
-             note: str = "", known_gap: str = "") -> Row:
-    return Row(table, name, "baseline", numbers, preset, None, tuple(overrides), backbone, tolerance=TOL_RAW,
+             note: str = "", known_gap: str = "") -> BenchmarkRow:
+    return BenchmarkRow(table, name, "baseline", numbers, preset, None, tuple(overrides), backbone, tolerance=TOL_RAW,
                source=source, note=note, known_gap=known_gap)
 
 
-def release(table: str, name: str, preset: str, checkpoint: str, numbers: dict, note: str = "") -> Row:
-    return Row(table, name, "release", numbers, preset, checkpoint=checkpoint, tolerance=TOL_RELEASE,
+def release(table: str, name: str, preset: str, checkpoint: str, numbers: dict, note: str = "") -> BenchmarkRow:
+    return BenchmarkRow(table, name, "release", numbers, preset, checkpoint=checkpoint, tolerance=TOL_RELEASE,
                selected_on_val=True, source=RELEASE_SOURCE, note=note)
 
 
@@ -218,7 +218,7 @@ REGISTRY = {"table1": TABLE1, "table2": TABLE2, "table3": TABLE3, "table4": TABL
             "rerun": RERUN}
 
 
-def rows(table: str | None = None) -> list[Row]:
+def rows(table: str | None = None) -> list[BenchmarkRow]:
     """The rows of one table (in the paper's order), or of all tables."""
     if table is None:
         return [r for t in TABLES for r in REGISTRY[t]]
@@ -227,7 +227,7 @@ def rows(table: str | None = None) -> list[Row]:
     return list(REGISTRY[table])
 
 
-def row(table: str, name_or_slug: str) -> Row:
+def row(table: str, name_or_slug: str) -> BenchmarkRow:
     for r in rows(table):
         if name_or_slug in (r.name, r.slug):
             return r

@@ -17,36 +17,34 @@ import os
 import time
 from pathlib import Path
 
-from stego import build
+from stego import build, records
 from stego.backbones import resolve_weight_file
-from stego.checkpoint import RELEASE_URL
+from stego.checkpoint import load_checkpoint
 from stego.config import Config, from_dict, with_overrides
+from stego.download.places import release_dir as default_release_dir
 from stego.errors import MissingFileError, StegoError
 from stego.evaluate import run_eval, validator
-from stego.io import atomic_save_json
-from stego.runtime import git_commit, versions
-from stego.train import BEST, CHECKPOINT, load_checkpoint, train
+from stego.released import released_path
+from stego.runs import RunDir
+from stego.train import train
 
 from . import toy
-from .registry import METRICS, REGISTRY, TABLE6_PAPER, Row, row as find_row, table6
+from .registry import METRICS, REGISTRY, TABLE6_PAPER, BenchmarkRow, row as find_row, table6
 
 log = logging.getLogger(__name__)
 
-FORMAT = "stego-benchmark/1"
-RECORD = "record.json"
 SCALES = ("toy", "paper")
 """toy: the synthetic world on CPU (benchmarks/toy.py); paper: the real datasets and weights at the paper's sizes."""
-RELEASE_DIR_ENV = "STEGO_RELEASE_DIR"
-DEFAULT_RELEASE_DIR = "saved_models"
 VAL_EVERY = 500
 """Validation interval of paper-scale runs that select their checkpoint on validation (the authors' practice)."""
 
 
-def record_path(results_dir, row: Row, seed: int) -> Path:
-    return Path(results_dir) / row.table / row.slug / f"seed{seed}" / RECORD
+def record_path(results_dir, row: BenchmarkRow, seed: int) -> Path:
+    """results_dir/<table>/<row slug>/seed<k>/record.json."""
+    return RunDir(Path(results_dir) / row.table / row.slug / f"seed{seed}").record
 
 
-def row_config(row: Row, scale: str, seed: int, data_root=None, select_on_val: bool = False,
+def row_config(row: BenchmarkRow, scale: str, seed: int, data_root=None, select_on_val: bool = False,
                overrides=()) -> Config:
     """The config a row runs with at `scale` ('paper': the row's preset; 'toy': its synthetic-world twin).
 
@@ -66,17 +64,15 @@ def row_config(row: Row, scale: str, seed: int, data_root=None, select_on_val: b
     return with_overrides(cfg, list(overrides)) if overrides else cfg
 
 
-def release_file(row: Row, release_dir=None) -> Path:
-    return Path(release_dir or os.environ.get(RELEASE_DIR_ENV) or DEFAULT_RELEASE_DIR) / row.checkpoint
+def release_file(row: BenchmarkRow, release_dir=None) -> Path:
+    """The row's released checkpoint in `release_dir` (default: $STEGO_RELEASE_DIR, else ./saved_models)."""
+    return Path(release_dir or default_release_dir()) / row.checkpoint
 
 
-def check_inputs(row: Row, cfg: Config, scale: str, release_dir=None) -> None:
+def check_inputs(row: BenchmarkRow, cfg: Config, scale: str, release_dir=None) -> None:
     """Raise MissingFileError (what is missing, where to get it) unless every input of the row is on disk."""
     if row.kind == "release" and scale == "paper":
-        path = release_file(row, release_dir)
-        if not path.is_file():
-            raise MissingFileError(f"released checkpoint {path} not found: download {RELEASE_URL}{row.checkpoint} "
-                                   f"into {path.parent} (or point ${RELEASE_DIR_ENV} / --release-dir at its folder)")
+        released_path(release_file(row, release_dir))
         build.val_dataset(cfg)
         return
     build.val_dataset(cfg)  # first: a missing dataset is named before its missing five-crops
@@ -113,14 +109,12 @@ def locked(path: Path):
 
 def ensure_trained(cfg: Config, train_dir: Path) -> Path:
     """The checkpoint to evaluate in `train_dir`: reused when finished, resumed when interrupted, else trained."""
-    summary = train_dir / "train_summary.json"
-    checkpoint = train_dir / CHECKPOINT
-    if summary.exists() and json.loads(summary.read_text())["iterations"] == cfg.train.iterations:
-        best = train_dir / BEST
-        return best if cfg.train.select_on_val and best.exists() else checkpoint
-    resume = checkpoint.exists()
+    run = RunDir(train_dir)
+    if run.finished(cfg.train.iterations):
+        return run.evaluated(cfg.train.select_on_val)
+    resume = run.checkpoint.exists()
     if resume:  # continue with the config it started with (it may carry another row's name and eval settings)
-        cfg = from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+        cfg = from_dict(load_checkpoint(run.checkpoint)["config"], source=str(run.checkpoint))
     return train(cfg, train_dir, resume=resume, validate=validator(cfg))
 
 
@@ -130,14 +124,15 @@ def eval_path(folder: Path, cfg: Config, crf: bool) -> Path:
     return folder / f"eval-{_digest(settings)}{'-crf' if crf else ''}.json"
 
 
-def ensure_evaluated(cfg: Config, checkpoint: Path, folder: Path, trusted: bool = False) -> tuple[Path, dict]:
+def ensure_evaluated(cfg: Config, checkpoint: Path, folder: Path,
+                     trusted: bool = False) -> tuple[Path, records.EvalRecord]:
     """(path, eval record) of `checkpoint` under cfg's evaluation settings; an existing CRF evaluation also
     serves a row without CRF (it holds the metrics before CRF as well)."""
     with_crf = eval_path(folder, cfg, True)
     candidates = [with_crf] if cfg.eval.crf else [eval_path(folder, cfg, False), with_crf]
     for path in candidates:
         if path.exists():
-            return path, json.loads(path.read_text())
+            return path, records.read(path, "eval")
     path = candidates[0]
     return path, run_eval(cfg, checkpoint, path, trusted=trusted, crf=cfg.eval.crf)
 
@@ -149,7 +144,7 @@ def measured_from(metrics: dict, crf: bool) -> dict:
             "linear_acc": 100 * metrics[linear]["accuracy"], "linear_miou": 100 * metrics[linear]["miou"]}
 
 
-def compare(row: Row, measured: dict | None, checked: bool = True) -> dict:
+def compare(row: BenchmarkRow, measured: dict | None, checked: bool = True) -> dict:
     """Per metric the paper reports: paper, measured, difference, tolerance and whether it lies within
     (None when not `checked`: toy runs are not comparable with the paper)."""
     out = {}
@@ -165,7 +160,7 @@ def compare(row: Row, measured: dict | None, checked: bool = True) -> dict:
     return out
 
 
-def row_order(row: Row) -> int | None:
+def row_order(row: BenchmarkRow) -> int | None:
     """The row's position in its paper table (None for a row outside the registry)."""
     return next((i for i, r in enumerate(REGISTRY.get(row.table, ())) if r.name == row.name), None)
 
@@ -175,22 +170,22 @@ def _relative(path: Path, start: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(start).resolve())
 
 
-def _analysis(evaluation: dict, eval_file: Path, record_dir: Path) -> dict | None:
+def _analysis(evaluation: records.EvalRecord, eval_file: Path, record_dir: Path) -> dict | None:
     """The eval record's analysis section with its file path made relative to the benchmark record's folder."""
-    section = evaluation.get("analysis")
+    section = evaluation.analysis
     if not section or "data" not in section:
         return section
     return {**section, "data": _relative(eval_file.parent / section["data"], record_dir)}
 
 
-def failures(record: dict) -> list[str]:
-    """One line per measured number outside its tolerance."""
+def failures(comparison: dict) -> list[str]:
+    """One line per measured number of a record's `comparison` that lies outside its tolerance."""
     return [f"{m}: measured {c['measured']:.1f}, paper {c['paper']:.1f} (diff {c['diff']:+.1f}, tolerance "
-            f"±{c['tolerance']:.1f})" for m, c in record["comparison"].items() if c["within"] is False]
+            f"±{c['tolerance']:.1f})" for m, c in comparison.items() if c["within"] is False]
 
 
-def _row_fields(row: Row) -> dict:
-    return {"kind": "benchmark", "row_kind": row.kind, "table": row.table, "row": row.name, "slug": row.slug,
+def _row_fields(row: BenchmarkRow) -> dict:
+    return {"row_kind": row.kind, "table": row.table, "row": row.name, "slug": row.slug,
             "row_order": row_order(row), "cited": row.cited,
             "paper": row.paper, "tolerance": {m: row.tolerance_for(m) for m in METRICS}, "source": row.source,
             "note": row.note, "known_gap": row.known_gap, "paper_selected_on_val": row.selected_on_val,
@@ -198,18 +193,18 @@ def _row_fields(row: Row) -> dict:
             "backbone": row.backbone, "release_checkpoint": row.checkpoint}
 
 
-def _existing(path: Path, scale: str) -> dict | None:
+def _existing(path: Path, scale: str) -> records.BenchmarkRecord | None:
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    if record.get("scale") != scale:
-        raise StegoError(f"{path} holds a {record.get('scale')}-scale record, not {scale}: use another results "
+    record = records.read(path, "benchmark")
+    if record.scale != scale:
+        raise StegoError(f"{path} holds a {record.scale}-scale record, not {scale}: use another results "
                          f"folder (--results-dir / $STEGO_RESULTS) for {scale}-scale runs")
     return record
 
 
-def run_row(row: Row, scale: str, seed: int, results_dir, data_root=None, release_dir=None,
-            select_on_val: bool = False, trusted: bool = False, overrides=()) -> dict:
+def run_row(row: BenchmarkRow, scale: str, seed: int, results_dir, data_root=None, release_dir=None,
+            select_on_val: bool = False, trusted: bool = False, overrides=()) -> records.BenchmarkRecord:
     """Run (or reuse) one row at `scale` ('toy' or 'paper') for one seed and return its benchmark record.
 
     data_root: the datasets' root at paper scale (default: the preset's data.root); at toy scale the synthetic
@@ -226,10 +221,7 @@ def run_row(row: Row, scale: str, seed: int, results_dir, data_root=None, releas
         return existing
     started = time.perf_counter()
     record_dir = path.parent
-    record = {"format": FORMAT, **_row_fields(row), "seed": seed, "scale": scale, "measured": None,
-              "measured_values": None, "checkpoint_selection": None, "checkpoint": None, "config": None,
-              "train_dir": None, "train_config": None, "eval_record": None, "metrics": None, "analysis": None,
-              "run_overrides": list(overrides)}
+    record = records.BenchmarkRecord(**_row_fields(row), seed=seed, scale=scale, run_overrides=list(overrides))
     if not row.cited:
         if scale == "toy" and data_root is None:
             data_root = toy.make_toy_data(Path(results_dir) / "toy-data")
@@ -240,31 +232,35 @@ def run_row(row: Row, scale: str, seed: int, results_dir, data_root=None, releas
             folder = Path(results_dir) / "runs" / f"release-{checkpoint.stem}"
             with locked(folder / ".lock"):
                 eval_file, evaluation = ensure_evaluated(cfg, checkpoint, folder, trusted)
-            record["checkpoint_selection"] = "released"
+            record.checkpoint_selection = "released"
+            record.checkpoint = str(checkpoint.resolve())
         else:
             folder = train_dir_for(results_dir, cfg)
             with locked(folder / ".lock"):
                 checkpoint = ensure_trained(cfg, folder)
                 eval_file, evaluation = ensure_evaluated(cfg, checkpoint, folder, trusted)
-            record["checkpoint_selection"] = "best validation cluster mIoU" if checkpoint.name == BEST else "last"
-            record["train_dir"] = _relative(folder, record_dir)
-            record["train_config"] = _relative(folder / "config.yaml", record_dir)
+            last = checkpoint == RunDir(folder).checkpoint
+            record.checkpoint_selection = "last" if last else "best validation cluster mIoU"
+            record.checkpoint = _relative(checkpoint, record_dir)
+            record.train_dir = _relative(folder, record_dir)
+            record.train_config = _relative(RunDir(folder).config, record_dir)
         probes = ("cluster_crf", "linear_crf") if cfg.eval.crf else ("cluster", "linear")
-        record.update(config=cfg.to_dict(), eval_record=_relative(eval_file, record_dir),
-                      metrics=evaluation["metrics"], analysis=_analysis(evaluation, eval_file, record_dir),
-                      measured=dict(zip(("cluster", "linear"), probes)),
-                      measured_values=measured_from(evaluation["metrics"], cfg.eval.crf),
-                      checkpoint=str(checkpoint.resolve()) if record["checkpoint_selection"] == "released"
-                      else _relative(checkpoint, record_dir))
-    record["comparison"] = compare(row, record["measured_values"], checked=scale == "paper")
-    record.update(seconds=time.perf_counter() - started, versions=versions(), git_commit=git_commit(),
-                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    atomic_save_json(record, path)
+        record.config, record.eval_record = cfg.to_dict(), _relative(eval_file, record_dir)
+        record.metrics, record.analysis = evaluation.metrics, _analysis(evaluation, eval_file, record_dir)
+        record.measured = dict(zip(("cluster", "linear"), probes))
+        record.measured_values = measured_from(evaluation.metrics, cfg.eval.crf)
+    record.comparison = compare(row, record.measured_values, checked=scale == "paper")
+    prov = records.provenance()
+    record.seconds, record.versions, record.git_commit = time.perf_counter() - started, prov["versions"], \
+        prov["git_commit"]
+    record.created = records.now()
+    records.write(record, path)
     log.info("%s / %s seed %d: record written to %s", row.table, row.name, seed, path)
     return record
 
 
-def run_named(table: str, row_name: str, scale: str, seed: int, results_dir: str, **options) -> dict:
+def run_named(table: str, row_name: str, scale: str, seed: int, results_dir: str,
+              **options) -> records.BenchmarkRecord:
     """`run_row` addressed by plain data (table, row name or slug), for job specs such as a sweep's
     `entry: "benchmarks.runner:run_named"` with `args`; options as for run_row."""
     return run_row(find_row(table, row_name), scale, seed, results_dir, **options)
@@ -272,7 +268,7 @@ def run_named(table: str, row_name: str, scale: str, seed: int, results_dir: str
 
 def write_table6(results_dir) -> Path:
     """Table 6 rendered from the presets, as results_dir/table6/record.json (for the reports)."""
-    path = Path(results_dir) / "table6" / RECORD
-    atomic_save_json({"format": FORMAT, "kind": "hyperparameters", "table": "table6", "paper": TABLE6_PAPER,
-                      "rows": table6(), "versions": versions(), "git_commit": git_commit()}, path)
+    path = RunDir(Path(results_dir) / "table6").record
+    records.write(records.HyperparameterRecord(table="table6", paper=TABLE6_PAPER, rows=table6(),
+                                               **records.provenance()), path)
     return path

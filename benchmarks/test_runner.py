@@ -4,7 +4,8 @@ import json
 import pytest
 
 from benchmarks import runner, toy
-from benchmarks.registry import Row, paper, row, rows
+from benchmarks.registry import BenchmarkRow, paper, row, rows
+from stego import records
 from stego.errors import MissingFileError, StegoError
 from tests.fixtures import write_cocostuff
 
@@ -12,7 +13,7 @@ RUN_ROWS = [r for r in rows() if not r.cited]
 
 
 def toy_row(**tolerance):
-    return Row("table9", "toy row", "stego", paper(48.3, 24.5, None, None), "cocostuff27_vits8_paper",
+    return BenchmarkRow("table9", "toy row", "stego", paper(48.3, 24.5, None, None), "cocostuff27_vits8_paper",
                tolerance=tolerance)
 
 
@@ -22,8 +23,7 @@ def test_compare_checks_each_printed_number_against_its_tolerance():
     assert sorted(out) == ["cluster_acc", "cluster_miou"]  # the paper prints no linear numbers for this row
     assert out["cluster_acc"]["within"] is True and out["cluster_acc"]["diff"] == pytest.approx(5.0)
     assert out["cluster_miou"]["within"] is False and out["cluster_miou"]["diff"] == pytest.approx(-3.1)
-    record = {"comparison": out}
-    assert runner.failures(record) == ["cluster_miou: measured 21.4, paper 24.5 (diff -3.1, tolerance ±3.0)"]
+    assert runner.failures(out) == ["cluster_miou: measured 21.4, paper 24.5 (diff -3.1, tolerance ±3.0)"]
     toy_out = runner.compare(r, {"cluster_acc": 0.0, "cluster_miou": 0.0, "linear_acc": 0, "linear_miou": 0},
                              checked=False)
     assert {c["within"] for c in toy_out.values()} == {None}
@@ -91,7 +91,7 @@ def test_cited_rows_write_a_record_without_running(tmp_path):
     r = row("table4", "IIC")
     record = runner.run_row(r, "paper", 0, tmp_path)
     saved = json.loads(runner.record_path(tmp_path, r, 0).read_text())
-    assert saved == json.loads(json.dumps(record))
+    assert saved == json.loads(json.dumps(records.to_dict(record)))
     assert saved["cited"] and saved["measured_values"] is None and saved["paper"]["cluster_acc"] == 65.1
     assert saved["comparison"]["cluster_acc"]["within"] is None
     assert not (tmp_path / "runs").exists()
@@ -99,7 +99,7 @@ def test_cited_rows_write_a_record_without_running(tmp_path):
 
 def test_rows_can_be_run_by_plain_names(tmp_path):
     record = runner.run_named("table1", "picie-plus-h", "paper", 2, str(tmp_path))
-    assert (record["row"], record["seed"]) == ("PiCIE+H", 2)
+    assert (record.row, record.seed) == ("PiCIE+H", 2)
     assert runner.record_path(tmp_path, row("table1", "PiCIE+H"), 2).is_file()
     with pytest.raises(ValueError, match="no row"):
         runner.run_named("table1", "nonsense", "paper", 0, str(tmp_path))
@@ -127,13 +127,13 @@ def test_a_paper_scale_row_runs_end_to_end_on_a_tiny_dataset_in_the_real_layout(
             "data.workers=0", "data.knn_k=3", "data.num_neighbors=2", "loss.feature_samples=3",
             "loss.neg_samples=2", "train.batch_size=2", "train.iterations=2", "train.device=cpu",
             "eval.res=32", "eval.crf=false", "eval.batch_size=2")
-    r = Row("table9", "tiny cocostuff", "stego", paper(50.0), "cocostuff27_vits8_paper", overrides=tiny,
+    r = BenchmarkRow("table9", "tiny cocostuff", "stego", paper(50.0), "cocostuff27_vits8_paper", overrides=tiny,
             tolerance={"cluster_acc": 100.0})
     record = runner.run_row(r, "paper", 0, tmp_path / "res", data_root=tmp_path / "data",
                             overrides=("eval.batch_size=1",))
-    assert record["config"]["data"]["root"] == str(tmp_path / "data") and record["metrics"]["images"] == 2
-    assert record["config"]["eval"]["batch_size"] == 1 and record["run_overrides"] == ["eval.batch_size=1"]
-    assert record["comparison"]["cluster_acc"]["within"] is True and record["checkpoint_selection"] == "last"
+    assert record.config["data"]["root"] == str(tmp_path / "data") and record.metrics["images"] == 2
+    assert record.config["eval"]["batch_size"] == 1 and record.run_overrides == ["eval.batch_size=1"]
+    assert record.comparison["cluster_acc"]["within"] is True and record.checkpoint_selection == "last"
     assert (tmp_path / "res" / "table9" / "tiny-cocostuff" / "seed0" / "record.json").is_file()
 
 
@@ -142,8 +142,8 @@ def test_selection_on_validation_trains_apart_and_says_so(tmp_path):
     r = row("table3", "STEGO")
     last = runner.run_row(r, "toy", 0, tmp_path / "a", data_root=root)
     best = runner.run_row(r, "toy", 0, tmp_path / "b", data_root=root, select_on_val=True)
-    assert last["checkpoint_selection"] == "last" and best["checkpoint"].endswith("best.pt")
-    assert best["checkpoint_selection"] == "best validation cluster mIoU"
-    assert best["config"]["train"]["select_on_val"] and best["config"]["train"]["val_every"] == toy.VAL_EVERY
+    assert last.checkpoint_selection == "last" and best.checkpoint.endswith("best.pt")
+    assert best.checkpoint_selection == "best validation cluster mIoU"
+    assert best.config["train"]["select_on_val"] and best.config["train"]["val_every"] == toy.VAL_EVERY
     assert runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root)) != \
         runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root, select_on_val=True))

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Subset
 from .constants import IGNORE
 from .data.transforms import unnormalize
 from .errors import StegoError
+from .inference import crf_refine, predict_log_probs
 from .io import atomic_save_json, atomic_write
+from .runs import RunDir, analysis_dir
 from .runtime import autocast, worker_count
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,6 @@ EXAMPLES = 4
 """Validation images saved as qualitative examples."""
 KNN_QUERIES = 300
 """Training images (or crops) whose KNN partners the co-occurrence matrix reads; bounds label reads."""
-TRAIN_FILES = ("train_log.csv", "code_corr_hist.json")
 
 
 def precision_recall(scores, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,8 +231,6 @@ def cluster_to_class(match, n_clusters: int, n_classes: int) -> np.ndarray:
 
 def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, batch_size: int) -> list:
     """Image, truth and predictions (cluster mapped to classes, linear, with CRF if on) of the first images."""
-    from .evaluate import crf_refine, predict_log_probs  # here, not at the top: evaluate imports this module
-
     n_clusters = model.cluster_probe.clusters.shape[0]
 
     def lut(probe):  # cluster → class under that probe's own Hungarian match
@@ -306,8 +305,7 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
 def analyze_run(model, backbone, dataset, cfg, metrics: dict, record_path, checkpoint=None, crf: bool = False) -> dict:
     """Compute the diagnostics of an evaluated model and write them beside `record_path`; returns the record's
     "analysis" section (paths relative to the record's folder, and the two average precisions)."""
-    record_path = Path(record_path)
-    out = record_path.parent / f"{record_path.stem}_analysis"
+    out = analysis_dir(record_path)
     model.eval()
     analysis = {"format": FORMAT, "n_classes": model.n_classes,
                 "class_names": list(getattr(dataset, "class_names", None) or []) or None,
@@ -316,13 +314,12 @@ def analyze_run(model, backbone, dataset, cfg, metrics: dict, record_path, check
                 "pr": _pr_analysis(model, backbone, dataset, cfg.eval.batch_size),
                 "examples": _write_examples(model, backbone, dataset, metrics, out, crf, cfg.eval.batch_size),
                 **_knn_analyses(cfg, model.n_classes)}
-    run_dir = Path(checkpoint).parent if checkpoint is not None else None
-    for name in TRAIN_FILES:
-        source = run_dir / name if run_dir is not None else None
+    run = RunDir(Path(checkpoint).parent) if checkpoint is not None else None
+    for key, source in (("train_log", run and run.log), ("code_corr_hist", run and run.histograms)):
         if source is not None and source.is_file():
-            with atomic_write(out / name, "wb") as f, open(source, "rb") as src:
+            with atomic_write(out / source.name, "wb") as f, open(source, "rb") as src:
                 shutil.copyfileobj(src, f)
-        analysis[Path(name).stem] = name if source is not None and source.is_file() else None
+        analysis[key] = source.name if source is not None and source.is_file() else None
     atomic_save_json(analysis, out / "analysis.json")
     log.info("analysis: same-label AP features %s, code %s → %s", analysis["pr"]["features"]["ap"],
              analysis["pr"]["code"]["ap"], out)

@@ -51,7 +51,9 @@ def _require_synthetic(cfg: Config, split: str) -> None:
 
 
 def backbone_for(cfg: Config, state_dict=None):
-    return build_backbone(cfg.model.backbone, weights=state_dict if state_dict is not None else cfg.model.weights)
+    """The config's backbone (a random init is train.seed's: the same after a resume and at evaluation)."""
+    weights = state_dict if state_dict is not None else cfg.model.weights
+    return build_backbone(cfg.model.backbone, weights=weights, seed=cfg.train.seed)
 
 
 def train_dataset(cfg: Config, split: str = "train"):

@@ -43,14 +43,15 @@ def _train(args) -> int:
 
     from .evaluate import validator
     from .stopping import stop_on_signals
-    from .train import CHECKPOINT, TrainingStopped, train
+    from .runs import RunDir
+    from .train import TrainingStopped, train
 
     cfg = _config(args)
     out = Path(args.out or Path("runs") / cfg.name)
-    if args.resume and not (out / CHECKPOINT).is_file():
+    if args.resume and not RunDir(out).checkpoint.is_file():
         why = "nothing was saved there yet" if out.is_dir() else "the folder does not exist"
-        raise StegoError(f"--resume: {out} holds no {CHECKPOINT} to continue ({why}); check --out (default "
-                         f"runs/<preset name>), or drop --resume to start a new run")
+        raise StegoError(f"--resume: {out} holds no {RunDir(out).checkpoint.name} to continue ({why}); check --out "
+                         f"(default runs/<preset name>), or drop --resume to start a new run")
     try:
         with stop_on_signals(signal.SIGINT, signal.SIGTERM) as stop:
             path = train(cfg, out, resume=args.resume, validate=validator(cfg), should_stop=stop)
@@ -65,7 +66,9 @@ def _eval(args) -> int:
     from .evaluate import run_eval
 
     cfg, overrides = _checkpoint_config(args)
-    record_path = Path(args.record or Path(args.checkpoint).with_name("record.json"))
+    from .runs import RunDir
+
+    record_path = Path(args.record or RunDir(Path(args.checkpoint).parent).record)
     run_eval(cfg, args.checkpoint, record_path, trusted=args.trust_checkpoint, split=args.split,
              crf=False if args.no_crf else None, overrides=overrides)
     print(f"record: {record_path}")

@@ -143,6 +143,9 @@ class TrainConfig:
     threads: int = at_least(0, 0)
     """CPU threads for torch (0: torch's default). Small CPU runs are faster on 1: extra threads only spin."""
     tensorboard: bool = False
+    """Also write the training scalars and histograms as TensorBoard events (run folder's tensorboard/)."""
+    wandb: str | None = None
+    """A Weights & Biases project to log the training scalars to (pip install wandb; WANDB_MODE=offline works)."""
 
     def __post_init__(self):
         check_fields(self, "train")
@@ -195,8 +198,10 @@ class Config:
         return values
 
 
-MACHINE_KEYS = (("data", "workers"), ("eval", "crf_workers"), ("eval", "crf_timeout"))
-"""Worker counts and timeouts: every random draw is seeded by item and iteration, so they change speed only."""
+MACHINE_KEYS = (("data", "workers"), ("eval", "crf_workers"), ("eval", "crf_timeout"), ("train", "tensorboard"),
+                ("train", "wandb"))
+"""Worker counts, timeouts and where scalars are logged: every random draw is seeded by item and iteration, so
+they change speed and bookkeeping only."""
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}

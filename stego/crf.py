@@ -1,4 +1,4 @@
-"""DenseCRF refinement of PROTOCOL §7, serially or in a pool of worker processes that cannot hang.
+"""DenseCRF refinement of docs/protocol.md §7, serially or in a pool of worker processes that cannot hang.
 
 The release ran its CRF in a `multiprocessing.Pool` that could hang its evaluation; here each item has a
 timeout, a worker that dies or stalls is killed and its item is recomputed serially in the main process,

@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import build
+from . import build, records
+from .analysis import cluster_to_class
 from .config import load_config, with_overrides
 from .data.fivecrop import five_crop
 from .data.synthetic import SceneSpec, make_scenes
 from .data.transforms import unnormalize
-from .evaluate import crf_pool, crf_refine, evaluate, load_for_eval, predict_log_probs
+from .checkpoint import load_for_eval
+from .evaluate import evaluate
+from .inference import crf_pool, crf_refine, predict_log_probs
 from .figures import qualitative_grid, training_curves
-from .io import atomic_save_json, atomic_write, writable_folder
-from .runtime import git_commit, set_threads, versions, worker_count
+from .io import atomic_write, writable_folder
+from .runs import RunDir
+from .runtime import set_threads, worker_count
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -48,8 +52,9 @@ def scores_row(metrics: dict, key: str) -> dict:
     return {"miou": 100 * m["miou"], "accuracy": 100 * m["accuracy"]}
 
 
-def examples(cfg, checkpoint, n: int = EXAMPLES) -> list[dict]:
-    """Image, truth and predictions (cluster, cluster + CRF when eval.crf is on, linear) of the first n val images."""
+def examples(cfg, checkpoint, metrics: dict, n: int = EXAMPLES) -> list[dict]:
+    """Image, truth and predictions (cluster, cluster + CRF when eval.crf is on, linear) of the first n val images;
+    clusters shown as the classes the evaluation's Hungarian matching (`metrics`) gave them."""
     cfg, model, backbone = load_for_eval(checkpoint, cfg)
     dataset = build.val_dataset(cfg)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -65,19 +70,15 @@ def examples(cfg, checkpoint, n: int = EXAMPLES) -> list[dict]:
         finally:
             if pool is not None:
                 pool.close()
-    # Show cluster ids under the class each was matched to, so colours are comparable with the truth.
-    from .metrics import ConfusionMatrix, hungarian_match
-
-    confusion = ConfusionMatrix(cluster_lp.shape[1], model.n_classes)
-    confusion.update(cluster_lp.argmax(1), labels)
-    match = hungarian_match(confusion.counts.numpy())
-    to_class = np.full(cluster_lp.shape[1], -1)
-    to_class[match[match >= 0]] = np.flatnonzero(match >= 0)
+    n_clusters, n_classes = cluster_lp.shape[1], model.n_classes
+    to_class = {probe: cluster_to_class(metrics[probe]["match"], n_clusters, n_classes)
+                for probe in ("cluster", "cluster_crf") if probe in metrics}
     rgb = (unnormalize(images).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    rows = [{"image": rgb[i], "truth": labels[i].numpy(), "cluster": to_class[cluster_lp[i].argmax(0).numpy()],
+    rows = [{"image": rgb[i], "truth": labels[i].numpy(),
+             "cluster": to_class["cluster"][cluster_lp[i].argmax(0).numpy()],
              "linear": linear_lp[i].argmax(0).numpy()} for i in range(len(items))]
     for i, row in enumerate(rows if cluster_crf is not None else []):
-        row["cluster_crf"] = to_class[cluster_crf[i].numpy()]
+        row["cluster_crf"] = to_class["cluster_crf"][cluster_crf[i].numpy()]
     return rows
 
 
@@ -110,29 +111,30 @@ def run_demo(out="stego-demo", preset: str = "synthetic_demo", overrides=(), see
                                   run_cfg, device, crf=crf)
     results["kmeans"] = steps.run("cosine k-means on raw features (b)", raw_feature_kmeans, cfg, device, crf=False,
                                   seed=seed)
-    grid = steps.run("qualitative examples", examples, cfg, checkpoint)
+    grid = steps.run("qualitative examples", examples, cfg, checkpoint, results["stego"])
 
     figures = out / "figures"
-    qualitative_grid(grid, val.n_classes, figures / "qualitative.png")
-    training_curves(out / "runs" / "stego" / "train_log.csv", figures / "training.png")
-    record = {"kind": "demo", "config": cfg.to_dict(), "scenes": spec.__dict__, "seed": seed, "results": results,
-              "steps_seconds": steps.seconds, "seconds": round(time.perf_counter() - started, 1),
-              "versions": versions(), "git_commit": git_commit()}
-    atomic_save_json(record, out / "demo_record.json")
+    shown = max(val.n_classes, *(int(r[k].max()) + 1 for r in grid for k in r if k != "image"))
+    qualitative_grid(grid, shown, figures / "qualitative.png")
+    training_curves(RunDir(out / "runs" / "stego").log, figures / "training.png")
+    record = records.DemoRecord(config=cfg.to_dict(), scenes=spec.__dict__, seed=seed, results=results,
+                                steps_seconds=steps.seconds, seconds=round(time.perf_counter() - started, 1),
+                                **records.provenance())
+    records.write(record, out / "demo_record.json")
     report = out / "report.md"
     with atomic_write(report, "w") as f:
         f.write(render_report(record))
-    log.info("demo finished in %.0f s: %s", record["seconds"], report)
+    log.info("demo finished in %.0f s: %s", record.seconds, report)
     return report
 
 
-def render_report(record: dict) -> str:
+def render_report(record: records.DemoRecord) -> str:
     """The demo's markdown report from its record alone."""
-    res = record["results"]
+    res = record.results
     stego, untrained, kmeans = (scores_row(res[k], "cluster") for k in ("stego", "untrained", "kmeans"))
     crf = scores_row(res["stego"], "cluster_crf") if "cluster_crf" in res["stego"] else None
     linear = scores_row(res["stego"], "linear")
-    cfg = record["config"]
+    cfg = record.config
     lines = [
         "# STEGO demo on synthetic scenes",
         "",
@@ -165,11 +167,11 @@ def render_report(record: dict) -> str:
         "",
         "| step | seconds |",
         "|---|---:|",
-        *[f"| {name} | {sec} |" for name, sec in record["steps_seconds"].items()],
-        f"| **total** | **{record['seconds']}** |",
+        *[f"| {name} | {sec} |" for name, sec in record.steps_seconds.items()],
+        f"| **total** | **{record.seconds}** |",
         "",
-        f"Environment: stego {record['versions']['stego']}, torch {record['versions']['torch']}, "
-        f"{record['versions']['device']}, commit `{record['git_commit'][:10]}`.",
+        f"Environment: stego {record.versions['stego']}, torch {record.versions['torch']}, "
+        f"{record.versions['device']}, commit `{record.git_commit[:10]}`.",
         "",
     ]
     return "\n".join(lines)

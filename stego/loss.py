@@ -1,4 +1,4 @@
-"""The STEGO correspondence-distillation loss (paper eqs. 1–5, PROTOCOL §3), as a deterministic function.
+"""The STEGO correspondence-distillation loss (paper eqs. 1–5, docs/protocol.md §3), as a deterministic function.
 
 Randomness (sample coordinates, negative pairings) is drawn by `draw_samples` and can be injected, so the
 loss of given inputs and draws is a plain function that tests can check against a brute-force reference.

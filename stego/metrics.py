@@ -1,4 +1,4 @@
-"""Segmentation metrics exactly as PROTOCOL §7: one confusion matrix over the whole set, Hungarian or identity.
+"""Segmentation metrics exactly as docs/protocol.md §7: one confusion matrix over the whole set, Hungarian or identity.
 
 Rows are predictions, columns are truth. With more clusters than classes, pixels of unmatched clusters stay in
 the denominators (they are errors), unlike the release, which silently dropped them.

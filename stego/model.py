@@ -1,4 +1,4 @@
-"""The STEGO segmentation head and the two evaluation probes (PROTOCOL §2 and §4)."""
+"""The STEGO segmentation head and the two evaluation probes (docs/protocol.md §2 and §4)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from . import build
 from .data.transforms import image_to_tensor, normalize
 from .errors import MissingFileError, StegoError
-from .evaluate import crf_pool, crf_refine, load_for_eval, predict_log_probs
+from .checkpoint import load_for_eval
+from .inference import crf_pool, crf_refine, predict_log_probs
 from .figures import overlay, palette
 from .io import atomic_write, writable_folder
 from .runtime import pick_device

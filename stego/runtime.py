@@ -1,8 +1,6 @@
-"""Run-time plumbing shared by training and evaluation: device choice, seeding, distributed set-up, versions."""
+"""Run-time plumbing shared by training and evaluation: device choice, threads and workers, seeding, distributed
+set-up and the ranks' agreement on stop requests."""
 import os
-import platform
-import subprocess
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -103,23 +101,3 @@ def average_gradients(params) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> dict:
-    import numpy
-    import timm
-
-    from . import __version__
-
-    return {"stego": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}

@@ -3,7 +3,7 @@
 Each writer returns a `Fixture`: the data root, the ids per split in the order the reader lists them, and the
 raw label array written to every label file (keyed by its path), so tests can compute expected labels on
 their own. Every label file holds every valid raw value of its dataset at least once (plus 255), so one
-image exercises the whole mapping. Also here: helpers that damage files, and the PROTOCOL §6 tables
+image exercises the whole mapping. Also here: helpers that damage files, and the docs/protocol.md §6 tables
 transcribed as text, independently of stego/data/mappings.py.
 """
 from dataclasses import dataclass, field
@@ -173,7 +173,7 @@ def corrupt_file(path):
     Path(path).write_bytes(b"this is not an image file\n" * 8)
 
 
-# PROTOCOL §6, CocoStuff-27, copied as text: "class name fine-ids".
+# docs/protocol.md §6, CocoStuff-27, copied as text: "class name fine-ids".
 PROTOCOL_COCO_27 = """
 0 electronic 71–76 · 1 appliance 77–82 · 2 food(things) 51–60 · 3 furniture(things) 61–70 ·
 4 indoor 83–90 · 5 kitchen 43–50 · 6 accessory 25–32 · 7 animal 15–24 · 8 outdoor 9–14 · 9 person 0 ·
@@ -209,11 +209,11 @@ def expected_coco(raw):
 
 
 def expected_cityscapes(raw):
-    """PROTOCOL §6: class = labelId − 7, below 0 ignored; only labelIds 7–33 are classes."""
+    """docs/protocol.md §6: class = labelId − 7, below 0 ignored; only labelIds 7–33 are classes."""
     return np.vectorize(lambda v: int(v) - 7 if 7 <= v <= 33 else -1, otypes=[np.int64])(raw)
 
 
-# PROTOCOL §6, Potsdam-3: {0,4} roads and cars, {1,5} buildings and clutter, {2,3} trees and vegetation.
+# docs/protocol.md §6, Potsdam-3: {0,4} roads and cars, {1,5} buildings and clutter, {2,3} trees and vegetation.
 PROTOCOL_POTSDAM_3 = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
 
 

@@ -186,7 +186,7 @@ def evaluated(tmp_path_factory):
 def test_eval_record_names_its_analysis_files(evaluated):
     cfg, run_dir, record = evaluated
     saved = json.loads((run_dir / "record.json").read_text())
-    assert saved["analysis"] == record["analysis"]
+    assert saved["analysis"] == record.analysis
     analysis = json.loads((run_dir / saved["analysis"]["data"]).read_text())
     folder = (run_dir / saved["analysis"]["data"]).parent
     assert analysis["pr"]["features"]["ap"] == saved["analysis"]["ap_features"]
@@ -219,8 +219,8 @@ def test_examples_store_truth_and_matched_predictions(evaluated):
             assert pred.shape == (32, 32) and pred.min() >= 0 and pred.max() < n_classes
     # Matched clusters are stored as the class they were matched to: pixels counted as class c's true
     # positives in the record's confusion matrix reappear as value c where the truth is c.
-    confusion = np.asarray(record["metrics"]["cluster"]["confusion"])
-    match = record["metrics"]["cluster"]["match"]
+    confusion = np.asarray(record.metrics["cluster"]["confusion"])
+    match = record.metrics["cluster"]["match"]
     hits = sum(int(((read_label_png(folder / e["cluster"]) == c) & (read_label_png(folder / e["truth"]) == c)).sum())
                for e in examples for c in range(n_classes))
     assert 0 < hits <= sum(confusion[match[c], c] for c in range(n_classes))

@@ -17,7 +17,7 @@ from stego import build
 from stego.config import load_config
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
-from stego.train import load_checkpoint
+from stego.checkpoint import load_checkpoint
 
 N_CLASSES = 4
 
@@ -90,15 +90,15 @@ def test_a_raw_feature_baseline_trains_only_the_probes_and_evaluates(preset, tmp
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["config"]["model"]["projection"] == "none" and saved["metrics"]["images"] == 3
     expected = reference_cluster_accuracy(cfg, state["model"]["cluster_probe.clusters"])
-    assert record["metrics"]["cluster"]["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert record.metrics["cluster"]["accuracy"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_lloyd_kmeans_alternative_scores_through_the_same_evaluation(preset, tmp_path):
     cfg = baseline_config(str(preset), "filterbank")
     record = run_kmeans(cfg, tmp_path)
     saved = json.loads((tmp_path / "kmeans.json").read_text())
-    assert saved["kind"] == "kmeans" and saved["metrics"]["images"] == 3
-    assert 0 < record["metrics"]["cluster"]["accuracy"] <= 1 and "linear" not in record["metrics"]
+    assert saved["kind"] == "eval" and saved["name"].endswith("-kmeans") and saved["metrics"]["images"] == 3
+    assert 0 < record.metrics["cluster"]["accuracy"] <= 1 and "linear" not in record.metrics
 
 
 def test_command_line_runs_a_baseline(preset, tmp_path, capsys):

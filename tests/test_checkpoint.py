@@ -1,4 +1,4 @@
-"""Released-checkpoint loading: files written here in the release's Lightning layout (PROTOCOL §9)."""
+"""Released-checkpoint loading: files written here in the release's Lightning layout (docs/protocol.md §9)."""
 import collections
 import json
 import os
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego.backbones import build_backbone
-from stego.checkpoint import load_released_checkpoint
+from stego.released import load_released_checkpoint
 from stego.errors import MissingFileError, StegoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,7 +411,7 @@ WRITE_WITH_OMEGACONF = """
 import json, sys, torch
 import omegaconf
 from omegaconf import OmegaConf
-from stego.checkpoint import load_released_checkpoint
+from stego.released import load_released_checkpoint
 src, dst = sys.argv[1:3]
 raw = torch.load(src, weights_only=True)
 cfg = OmegaConf.create(raw["hyper_parameters"]["cfg"])

@@ -1,11 +1,11 @@
-"""Presets load with the PROTOCOL §5 values; overrides and ablations apply; typos are clear errors."""
+"""Presets load with the docs/protocol.md §5 values; overrides and ablations apply; typos are clear errors."""
 import pytest
 import yaml
 
 from stego.config import from_dict, list_presets, load_config
 from stego.errors import StegoError
 
-# PROTOCOL §5, transcribed independently: (λ_rand, λ_knn, λ_self, b_rand, b_knn, b_self, dim, backbone, pointwise).
+# docs/protocol.md §5, transcribed independently: (λ_rand, λ_knn, λ_self, b_rand, b_knn, b_self, dim, backbone, pointwise).
 RELEASED = {
     "cocostuff27_release": (0.1538, 1.0, 0.1, 1.0, 0.2, 0.12, 90, "dino_vitb8", "release", 32, 7000, "five"),
     "cityscapes27_release": (0.9059, 0.5775, 1.0, 0.3136, 0.1754, 0.4583, 100, "dino_vitb8", "off", 32, 7000, "five"),

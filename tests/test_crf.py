@@ -1,4 +1,4 @@
-"""DenseCRF of PROTOCOL §7 against direct pydensecrf and torch references; the worker pool's fallbacks.
+"""DenseCRF of docs/protocol.md §7 against direct pydensecrf and torch references; the worker pool's fallbacks.
 
 Worker processes import this module to find the injected workers below, so torch is imported inside the
 tests that compare with it: at module level it would add seconds to every worker start.
@@ -58,7 +58,7 @@ def _batch(seed, n, marked=()):
 
 
 def _direct_crf(image, probs):
-    """The release's pydensecrf calls, written out with PROTOCOL §7's constants."""
+    """The release's pydensecrf calls, written out with docs/protocol.md §7's constants."""
     k, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-5, 1.0)).reshape(k, -1).astype(np.float32)))

@@ -1,4 +1,4 @@
-"""The label mappings against the PROTOCOL §6 tables, value by value for every raw value 0–255."""
+"""The label mappings against the docs/protocol.md §6 tables, value by value for every raw value 0–255."""
 import numpy as np
 import pytest
 
@@ -30,7 +30,7 @@ def test_coco_27_names_follow_protocol():
 
 
 def test_coco_spot_values():
-    # Hand-picked from PROTOCOL §6: person 0 → 9, "floor 100" → 13, "water 177–178" → 26, "solid 181" → 24.
+    # Hand-picked from docs/protocol.md §6: person 0 → 9, "floor 100" → 13, "water 177–178" → 26, "solid 181" → 24.
     raw = np.array([[0, 100, 177], [178, 181, 255]])
     assert mappings.coco_fine_to_27(raw).tolist() == [[9, 13, 26], [26, 24, -1]]
 

@@ -1,4 +1,4 @@
-"""The benchmark registry against PROTOCOL §8, transcribed here as text and parsed on its own.
+"""The benchmark registry against docs/protocol.md §8, transcribed here as text and parsed on its own.
 
 Every row of Tables 1–5 and of the re-run is present with the printed numbers, value by value; cited rows are
 flagged; every row the suite runs resolves through `stego.config.load_config` to the switches its table names.
@@ -9,10 +9,10 @@ import pytest
 
 from baselines.raw_features import is_raw
 from benchmarks.registry import METRICS, TABLE6_PAPER, rows
-from stego.checkpoint import RELEASE_FILES
+from stego.download.sources import DEFAULT_CHECKPOINTS as RELEASE_FILES
 from stego.config import ablation_overrides, load_config
 
-# PROTOCOL §8, copied as text.
+# docs/protocol.md §8, copied as text.
 PROTOCOL_TABLES = {
     "table1": """ResNet50 24.6/8.9, 41.3/10.2 · MoCoV2 25.2/10.4, 44.4/13.2 · DINO 30.5/9.6, 66.8/29.4 ·
 IIC 21.8/6.7, 44.5/8.4 · MDC 32.2/9.8, 48.6/13.3 · PiCIE 48.1/13.8, 54.2/13.9 · PiCIE+H 50.0/14.4, 54.8/14.8 ·

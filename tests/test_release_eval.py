@@ -8,7 +8,8 @@ import torch
 from stego.cli import main
 from stego.config import from_dict
 from stego.data.synthetic import SceneSpec, make_scenes
-from stego.evaluate import load_for_eval, tta_code
+from stego.checkpoint import load_for_eval
+from stego.inference import tta_code
 from tests.test_checkpoint import COCO_CFG, release_dict, write
 
 

@@ -16,7 +16,7 @@ import timm
 import torch
 import yaml
 
-from stego.checkpoint import load_released_checkpoint
+from stego.released import load_released_checkpoint
 from stego.data.synthetic import SceneSpec, make_scenes
 from tests.test_checkpoint import COCO_CFG, release_dict
 

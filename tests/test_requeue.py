@@ -11,7 +11,8 @@ import pytest
 
 from stego import sweep
 from stego.sweep import DONE, Resources, grid_jobs, submit
-from stego.train import TrainingStopped, load_checkpoint, train
+from stego.checkpoint import load_checkpoint
+from stego.train import TrainingStopped, train
 from tests.test_sweep import _wait, attempt_starts, child_env, log_iterations, make_tiny_scenes, write_preset
 
 

@@ -14,7 +14,8 @@ from stego.config import with_overrides
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
 from stego.evaluate import run_eval
-from stego.train import load_checkpoint, train
+from stego.checkpoint import load_checkpoint
+from stego.train import train
 from tests.test_train import tiny, weights
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from stego.runtime import STOP_CHECK_EVERY, agreed_stop, average_gradients, iteration_seed
 from stego.stopping import stop_on_signals
-from stego.train import ResumableBatches
+from stego.data.batches import ResumableBatches
 
 
 def _average_worker(rank, world, port, out):

@@ -18,7 +18,7 @@ import pytest
 from stego import sweep
 from stego.cli import main
 from stego.sweep import DONE, FAILED, RUNNING, Resources, grid_jobs, submit, sweep_status
-from stego.train import load_checkpoint
+from stego.checkpoint import load_checkpoint
 from tests.test_sweep import (_checkpoint_iteration, _wait, attempt_starts, log_iterations, make_tiny_scenes,
                               write_preset)
 

@@ -18,7 +18,7 @@ from stego.errors import MissingFileError, StegoError
 from stego.slurm_queue import QueueError, parse_time_limit, slurm_states
 from stego.sweep import (DONE, FAILED, MISSING, RUNNING, UNKNOWN, Job, Resources, grid_jobs, load_jobs, parse_grid,
                          parse_seeds, save_jobs, submit, sweep_status)
-from stego.train import load_checkpoint
+from stego.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

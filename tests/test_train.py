@@ -19,8 +19,9 @@ from stego.config import from_dict, with_overrides
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import StegoError
 from stego.build import val_dataset
-from stego.evaluate import evaluate, load_for_eval, run_eval, validator
-from stego.train import TrainingStopped, load_checkpoint, train
+from stego.checkpoint import load_checkpoint, load_for_eval
+from stego.evaluate import evaluate, run_eval, validator
+from stego.train import TrainingStopped, train
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +234,7 @@ def test_eval_writes_a_complete_record_with_crf(scenes, tmp_path):
         assert len(m["iou"]) == 5
         assert sum(map(sum, m["confusion"])) == 6 * 48 * 48  # synthetic scenes label every pixel
     assert saved["config"]["name"] == "tiny" and saved["versions"]["torch"] == torch.__version__
-    assert record["metrics"]["cluster"]["miou"] == saved["metrics"]["cluster"]["miou"]
+    assert record.metrics["cluster"]["miou"] == saved["metrics"]["cluster"]["miou"]
 
 
 def test_raw_feature_baseline_trains_only_the_probes(scenes, tmp_path):

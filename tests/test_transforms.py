@@ -1,4 +1,4 @@
-"""PROTOCOL §6 transforms: nearest resize of the shorter side, centre crop, normalisation."""
+"""docs/protocol.md §6 transforms: nearest resize of the shorter side, centre crop, normalisation."""
 import numpy as np
 import pytest
 import torch

@@ -86,10 +86,10 @@ probes on the anchor's raw features (the baselines). bf16 is what training runs 
 
 
 TRAIN_ITEMS = {"cocostuff27": 49_629, "cityscapes27": 2_975, "potsdam3": 4_545}
-"""Training images per dataset (×5 with five-crop): COCO-Stuff's curated list (PROTOCOL §6), Cityscapes train,
+"""Training images per dataset (×5 with five-crop): COCO-Stuff's curated list (docs/protocol.md §6), Cityscapes train,
 Potsdam labelled_train (IIC's split: 24 labelled tiles × 225, less 855 for test)."""
 VAL_ITEMS = {"cocostuff27": 2_175, "cityscapes27": 500, "potsdam3": 855}
-"""Evaluation images per dataset (PROTOCOL §6; Potsdam labelled_test)."""
+"""Evaluation images per dataset (docs/protocol.md §6; Potsdam labelled_test)."""
 
 TARGETS = [{"stage": "train", "arch": "vit_b8", "precision": "bf16", "kind": "stego", "min_rate": 20.0,
             "unit": "it/s", "card": "H100"}]

@@ -103,15 +103,21 @@ def spec_of(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, weights=None, weights_dir=None) -> Backbone:
+def build_backbone(name: str, weights=None, weights_dir=None, seed: int = 0) -> Backbone:
     """Build a frozen backbone by name.
 
     weights: None -> the official file (stego.backbones.weights.resolve_weight_file; downloaded when online);
-    "random" -> random init (tests, toy runs); a path -> that file; a dict -> a state dict (e.g. from a STEGO
-    checkpoint).
+    "random" -> random init drawn after torch.manual_seed(seed), the global generator left as it was (tests, toy
+    runs: a run's train.seed, so each seed is another backbone); a path -> that file; a dict -> a state dict (e.g.
+    from a STEGO checkpoint).
     """
     spec = spec_of(name)
-    module = _FACTORIES[name](weights=weights, weights_dir=weights_dir)
+    if isinstance(weights, str) and weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = _FACTORIES[name](weights=weights, weights_dir=weights_dir)
+    else:
+        module = _FACTORIES[name](weights=weights, weights_dir=weights_dir)
     if isinstance(module, Backbone):
         return module
     dim = spec.dim or getattr(module, "dim", 0)

@@ -36,7 +36,7 @@ PROTOCOL_COUNTS = {
     ("cityscapes27", "train"): 2975,
     ("cityscapes27", "val"): 500,
 }
-"""Image counts of full splits (PROTOCOL §6), shown beside the counts found; a difference is no problem."""
+"""Image counts of full splits (docs/protocol.md §6), shown beside the counts found; a difference is no problem."""
 
 
 @dataclass

@@ -363,8 +363,7 @@ def run_knn(args):
     expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
     table = None if args.force else existing_table(path, expect, args.k, args.root)
     if table is None:  # build the backbone only when there is work for it
-        torch.manual_seed(args.seed)  # training draws a random-init backbone right after the same call
-        table = mine_knn(build_backbone(args.backbone, weights=args.weights), dataset, path, meta, k=args.k,
+        table = mine_knn(build_backbone(args.backbone, weights=args.weights, seed=args.seed), dataset, path, meta, k=args.k,
                          batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
                          device=args.device, workers=worker_count(args.workers), amp=args.amp, force=True,
                          root=args.root)

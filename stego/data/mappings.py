@@ -1,4 +1,4 @@
-"""Label mappings of PROTOCOL §6: COCO-Stuff fine → 27, Cityscapes labelIds → 27, Potsdam 6 → 3.
+"""Label mappings of docs/protocol.md §6: COCO-Stuff fine → 27, Cityscapes labelIds → 27, Potsdam 6 → 3.
 
 Each mapping is a 256-entry int64 look-up table indexed by the raw value stored in the label file; values
 that are not a class map to IGNORE (-1). A matching boolean table of *valid* raw values says which stored
@@ -23,7 +23,7 @@ def _lut_from_ranges(ranges):
     return lut
 
 
-# PROTOCOL §6, CocoStuff-27: coarse class → fine stuffthingmaps ids (0–181).
+# docs/protocol.md §6, CocoStuff-27: coarse class → fine stuffthingmaps ids (0–181).
 _COCO_RANGES = {
     0: [(71, 76)],  # electronic
     1: [(77, 82)],  # appliance

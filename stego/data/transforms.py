@@ -1,4 +1,4 @@
-"""Image/label transforms of PROTOCOL §6: nearest resize of the shorter side to `res`, centre crop res×res.
+"""Image/label transforms of docs/protocol.md §6: nearest resize of the shorter side to `res`, centre crop res×res.
 
 The sizes and offsets follow torchvision's `Resize(res, NEAREST)` + `CenterCrop(res)` on PIL images, as the
 release used them: longer side = int(res · long / short), crop offset = round((size − res) / 2) with Python's

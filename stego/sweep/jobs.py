@@ -11,6 +11,7 @@ import yaml
 
 from ..errors import MissingFileError, StegoError
 from ..io import atomic_write
+from ..runs import RunDir
 
 
 JOBS_FILE = "jobs.yaml"
@@ -18,7 +19,6 @@ SUBMISSIONS = "submissions.json"
 STATE_DIR = "state"
 LOG_DIR = "logs"
 RUN_DIR = "runs"
-RECORD = "record.json"
 EXECUTORS = ("slurm", "local", "debug")
 DONE, RUNNING, FAILED, MISSING, UNKNOWN = "done", "running", "failed", "missing", "unknown"
 RETRY = (FAILED, MISSING)
@@ -168,7 +168,7 @@ def grid_jobs(preset: str, sweep_dir, grid: dict | None = None, seeds=(0,), over
         for seed in seeds:
             job_id = f"{run_name}/seed{seed}"
             out = runs / job_key(job_id)
-            job = Job(job_id, [str(out / RECORD)], preset_ref, ablation,
+            job = Job(job_id, [str(RunDir(out).record)], preset_ref, ablation,
                       [*overrides, *settings, f"name={json.dumps(run_name)}"], seed, str(out))
             job.config()
             jobs.append(job)
@@ -197,7 +197,7 @@ def job_done(job: Job) -> bool:
     written last)."""
     for path in job.records:
         record = read_json(path)
-        if not isinstance(record, dict) or (job.entry is None and "sweep" not in record):
+        if not isinstance(record, dict) or (job.entry is None and not record.get("sweep")):
             return False
     return True
 

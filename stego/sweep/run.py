@@ -111,8 +111,10 @@ def run_job(job: Job, sweep_dir=None, should_stop=None) -> dict:
         raise
     state.end(DONE, "done")
     if job.entry is None and rank == 0:  # the preset job's record, complete with its attempts, written last
-        record["sweep"] = {"job": job.id, "attempts": state.data["attempts"]}
-        atomic_save_json(record, job.records[0])
+        from .. import records
+
+        record.sweep = {"job": job.id, "attempts": state.data["attempts"]}
+        records.write(record, job.records[0])
     return {"job": job.id, "status": DONE, "skipped": False, "records": job.records}
 
 
@@ -128,27 +130,27 @@ def _call_entry(job: Job):
     return getattr(module, function)(**job.args)
 
 
-def _train_and_evaluate(job: Job, rank: int, state: JobState, should_stop=None) -> dict | None:
+def _train_and_evaluate(job: Job, rank: int, state: JobState, should_stop=None):
     """Train (resuming from the run folder's checkpoint) unless finished, then evaluate on rank 0; returns the
     evaluation record (None on other ranks). A stop asked during the last steps ends the job before evaluating."""
+    from ..checkpoint import load_checkpoint
     from ..evaluate import run_eval, validator
-    from ..train import BEST, CHECKPOINT, TrainingStopped, load_checkpoint, train
+    from ..runs import RunDir
+    from ..train import TrainingStopped, train
 
     cfg = job.config()
-    out = Path(job.out)
-    summary = read_json(out / "train_summary.json")
-    if summary and summary.get("iterations") == cfg.train.iterations:
-        best = out / BEST
-        checkpoint = best if cfg.train.select_on_val and best.exists() else out / CHECKPOINT
+    run = RunDir(job.out)
+    if run.finished(cfg.train.iterations):
+        checkpoint = run.evaluated(cfg.train.select_on_val)
         state.note(start_iteration=cfg.train.iterations)
     else:
-        start = load_checkpoint(out / CHECKPOINT)["iteration"] if (out / CHECKPOINT).exists() else 0
+        start = load_checkpoint(run.checkpoint)["iteration"] if run.checkpoint.exists() else 0
         state.note(start_iteration=start)
         listening = should_stop.during_training() if should_stop is not None else contextlib.nullcontext()
         with listening:
-            checkpoint = train(cfg, out, resume=True, validate=validator(cfg), should_stop=should_stop)
+            checkpoint = train(cfg, run.path, resume=True, validate=validator(cfg), should_stop=should_stop)
         if should_stop is not None and should_stop.signal is not None:  # asked in the last step: requeue
-            raise TrainingStopped(cfg.train.iterations, out / CHECKPOINT)
+            raise TrainingStopped(cfg.train.iterations, run.checkpoint)
     return run_eval(cfg, checkpoint, job.records[0]) if rank == 0 else None
 
 

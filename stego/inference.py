@@ -1,0 +1,46 @@
+"""From images to predictions, as evaluation scores them (docs/protocol.md §7): the code averaged over the image
+and its horizontal flip, bilinear upsampling, both probes' log-probabilities, and DenseCRF refinement through a
+worker pool that cannot hang (stego.crf). Evaluation, analysis, predict, the demo and the k-means baseline all
+predict through here."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+from .runtime import autocast, worker_count
+
+
+@torch.no_grad()
+def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
+    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA)."""
+    device = images.device
+    with autocast(device):
+        feats = backbone(torch.cat([images, images.flip(dims=[3])])).float()
+    code = model.head(feats)[1]
+    b = images.shape[0]
+    return (code[:b] + code[b:].flip(dims=[3])) / 2
+
+
+@torch.no_grad()
+def predict_log_probs(model, backbone, images: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code."""
+    code = F.interpolate(tta_code(model, backbone, images), size=size, mode="bilinear", align_corners=False)
+    return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
+
+
+def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torch.Tensor:
+    """DenseCRF marginals for a batch of normalised images and log-probs, through a CrfPool (None: serially)."""
+    from .crf import crf_batch, image_to_bgr_uint8
+
+    bgr = [image_to_bgr_uint8(img.numpy()) for img in images.cpu()]
+    probs = [p.numpy() for p in log_probs.float().softmax(dim=1).cpu()]
+    return torch.from_numpy(np.stack(pool.map(bgr, probs) if pool is not None else crf_batch(bgr, probs)))
+
+
+def crf_pool(cfg: Config):
+    """A CRF worker pool for the config: eval.crf_workers processes (-1: one per available CPU), or None, meaning
+    serial, for 0."""
+    from .crf import CrfPool
+
+    n = worker_count(cfg.eval.crf_workers, "crf")
+    return CrfPool(n, timeout=cfg.eval.crf_timeout) if n > 0 else None
