@@ -6,13 +6,12 @@ numbers (percent, as printed; None where the table has none) and a tolerance per
 'release' (evaluate an authors' released checkpoint) and 'cited' (a method the suite does not re-run; its
 numbers are carried and marked as cited). docs/benchmarks.md says where each tolerance comes from.
 """
-import re
 from dataclasses import dataclass, field
 
 from stego.config import Config, list_presets, load_config
+from stego.records import TABLE_METRICS, slug
 from stego.errors import StegoError
 
-METRICS = ("cluster_acc", "cluster_miou", "linear_acc", "linear_miou")
 KINDS = ("stego", "baseline", "release", "cited")
 TABLES = ("table1", "table2", "table3", "table4", "table5", "rerun")
 
@@ -31,11 +30,6 @@ def paper(cluster_acc=None, cluster_miou=None, linear_acc=None, linear_miou=None
     """Published numbers by metric (percent); None where the table gives none."""
     return {"cluster_acc": cluster_acc, "cluster_miou": cluster_miou, "linear_acc": linear_acc,
             "linear_miou": linear_miou}
-
-
-def slugify(text: str) -> str:
-    """A path-safe lower-case id: 'ViT-S +clamp' -> 'vit-s-plus-clamp'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("+", " plus ")).strip("-")
 
 
 @dataclass(frozen=True)
@@ -65,12 +59,12 @@ class BenchmarkRow:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise StegoError(f"{self.table}/{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if set(self.paper) != set(METRICS):
-            raise StegoError(f"{self.table}/{self.name}: paper numbers need exactly the keys {METRICS}")
+        if set(self.paper) != set(TABLE_METRICS):
+            raise StegoError(f"{self.table}/{self.name}: paper numbers need exactly the keys {TABLE_METRICS}")
 
     @property
     def slug(self) -> str:
-        return slugify(self.name)
+        return slug(self.name)
 
     @property
     def cited(self) -> bool:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from stego import build, records
+from stego.records import TABLE_METRICS
 from stego.backbones import resolve_weight_file
 from stego.checkpoint import load_checkpoint
 from stego.config import Config, from_dict, with_overrides
@@ -29,7 +30,7 @@ from stego.runs import RunDir
 from stego.train import train
 
 from . import toy
-from .registry import METRICS, REGISTRY, TABLE6_PAPER, BenchmarkRow, row as find_row, table6
+from .registry import REGISTRY, TABLE6_PAPER, BenchmarkRow, row as find_row, table6
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def compare(row: BenchmarkRow, measured: dict | None, checked: bool = True) -> d
     """Per metric the paper reports: paper, measured, difference, tolerance and whether it lies within
     (None when not `checked`: toy runs are not comparable with the paper)."""
     out = {}
-    for metric in METRICS:
+    for metric in TABLE_METRICS:
         if row.paper[metric] is None:
             continue
         value = None if measured is None else measured[metric]
@@ -187,7 +188,7 @@ def failures(comparison: dict) -> list[str]:
 def _row_fields(row: BenchmarkRow) -> dict:
     return {"row_kind": row.kind, "table": row.table, "row": row.name, "slug": row.slug,
             "row_order": row_order(row), "cited": row.cited,
-            "paper": row.paper, "tolerance": {m: row.tolerance_for(m) for m in METRICS}, "source": row.source,
+            "paper": row.paper, "tolerance": {m: row.tolerance_for(m) for m in TABLE_METRICS}, "source": row.source,
             "note": row.note, "known_gap": row.known_gap, "paper_selected_on_val": row.selected_on_val,
             "preset": row.preset, "ablation": row.ablation, "overrides": list(row.overrides),
             "backbone": row.backbone, "release_checkpoint": row.checkpoint}

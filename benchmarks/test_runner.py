@@ -147,3 +147,24 @@ def test_selection_on_validation_trains_apart_and_says_so(tmp_path):
     assert best.config["train"]["select_on_val"] and best.config["train"]["val_every"] == toy.VAL_EVERY
     assert runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root)) != \
         runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root, select_on_val=True))
+
+
+def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys):
+    from benchmarks.cli import main
+    from stego.sweep import load_jobs
+
+    assert main(["ls", "--table", "table5"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 1 + len(rows("table5")) and "no random loss" in listed[-1] and "39.8 (±5)" in listed[-1]
+    results = tmp_path / "res"
+    assert main(["run", "--table", "table3", "--row", "STEGO", "--scale", "toy", "--results-dir", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "table3 / STEGO seed 0: cluster_acc" in printed and "(paper 73.2)" in printed
+    saved = records.read(runner.record_path(results, row("table3", "STEGO"), 0), "benchmark")
+    assert saved.scale == "toy" and saved.metrics["images"] > 0
+    jobs_file = tmp_path / "jobs.yaml"
+    assert main(["sweep", "--table", "table2", "--scale", "toy", "--results-dir", str(results),
+                 "--out", str(jobs_file)]) == 0
+    jobs = load_jobs(jobs_file)
+    assert jobs and all(job.entry == "benchmarks.jobs:run_rows" for job in jobs)
+    assert main(["run", "--table", "table3", "--row", "nope", "--scale", "toy"]) == 2

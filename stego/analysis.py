@@ -21,13 +21,13 @@ from .constants import IGNORE
 from .data.transforms import unnormalize
 from .errors import StegoError
 from .inference import crf_refine, predict_log_probs
-from .io import atomic_save_json, atomic_write
+from .io import atomic_save_json, atomic_write, save_png
 from .runs import RunDir, analysis_dir
 from .runtime import autocast, worker_count
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+ANALYSIS_FORMAT = 1
 PR_IMAGES = 16
 """Validation images whose feature-resolution pixels feed the precision–recall pairs."""
 PR_PAIRS = 100_000
@@ -201,18 +201,13 @@ def label_histograms(dataset, items, n_classes: int, batch_size: int = 32, worke
     return np.stack(out) if out else np.zeros((0, n_classes), dtype=np.int64)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    with atomic_write(path, "wb", durable=False) as f:
-        Image.fromarray(array).save(f, format="PNG")
-
-
 def _label_png(label: np.ndarray) -> np.ndarray:
     """Label map (IGNORE = -1) stored as label + 1, 0 = ignore; uint8 when it fits, else uint16."""
     stored = label.astype(np.int64) + 1
     return stored.astype(np.uint8 if stored.max(initial=0) < 256 else np.uint16)
 
 
-def read_label_png(path) -> np.ndarray:
+def read_example_png(path) -> np.ndarray:
     """A label map written by `analyze_run` (label + 1) back as int64 with IGNORE = -1."""
     with Image.open(path) as im:
         return np.asarray(im).astype(np.int64) - 1
@@ -250,10 +245,10 @@ def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, bat
         for i in range(len(images)):
             k = len(examples)
             entry = {"image": f"examples/{k:03d}_image.png"}
-            _save_png(rgb[i], out / entry["image"])
+            save_png(rgb[i], out / entry["image"])
             for name, values in maps.items():
                 entry[name] = f"examples/{k:03d}_{name}.png"
-                _save_png(_label_png(values[i].numpy()), out / entry[name])
+                save_png(_label_png(values[i].numpy()), out / entry[name])
             examples.append(entry)
     return examples
 
@@ -279,11 +274,12 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
     from . import build
     from .data.knn import KnnTable, source_fingerprint, table_expect
 
-    path = build.knn_path(cfg)
+    spec = build.knn_spec(cfg)
+    path = spec.path
     ranks = range(1, cfg.data.num_neighbors + 1)
     try:
         dataset = build.train_dataset(cfg)
-        expect = table_expect(build.knn_table_meta(cfg), len(dataset), source_fingerprint(dataset))
+        expect = table_expect(spec.meta(), len(dataset), source_fingerprint(dataset))
         table = KnnTable.load(path, expect, cfg.data.num_neighbors + 1, cfg.data.root)
     except (StegoError, OSError) as err:
         reason = str(err).splitlines()[0]
@@ -307,7 +303,7 @@ def analyze_run(model, backbone, dataset, cfg, metrics: dict, record_path, check
     "analysis" section (paths relative to the record's folder, and the two average precisions)."""
     out = analysis_dir(record_path)
     model.eval()
-    analysis = {"format": FORMAT, "n_classes": model.n_classes,
+    analysis = {"format": ANALYSIS_FORMAT, "n_classes": model.n_classes,
                 "class_names": list(getattr(dataset, "class_names", None) or []) or None,
                 "settings": {"pr_images": PR_IMAGES, "pr_pairs": PR_PAIRS, "examples": EXAMPLES,
                              "knn_queries": KNN_QUERIES},

@@ -7,7 +7,7 @@ from .config import Config
 from .data.commands import fivecrop_command, synthetic_command
 from .data.datasets import build_dataset, cropped_dir, image_folder_dir
 from .data.fivecrop import check_crops_current
-from .data.knn import KnnTable, knn_meta, mine_knn, table_path
+from .data.knn import KnnTable, TableSpec, mine_knn
 from .errors import MissingFileError, StegoError
 from .model import Stego
 from .runtime import worker_count
@@ -73,23 +73,18 @@ def val_dataset(cfg: Config, split: str = "val"):
     return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res, **reader_options(cfg))
 
 
-def knn_path(cfg: Config, split: str = "train") -> Path:
-    """Where the split's KNN table lives (a random-init backbone's table names its seed, see `table_path`)."""
-    return table_path(cfg.data.root, cfg.model.backbone, reader_name(cfg), split, cfg.data.crop, cfg.data.res,
-                      cfg.data.crop_ratio, cfg.model.weights, cfg.train.seed)
-
-
-def knn_table_meta(cfg: Config, split: str = "train") -> dict:
-    """What the split's KNN table must have been made from (see `knn_meta`; the official weights are hashed)."""
-    return knn_meta(cfg.model.backbone, cfg.model.weights or None, reader_name(cfg), split, cfg.data.crop,
-                    cfg.data.res, cfg.data.crop_ratio, cfg.train.seed)
+def knn_spec(cfg: Config, split: str = "train") -> TableSpec:
+    """The split's KNN table: its metadata and where it lives (a random-init backbone's table names its seed)."""
+    return TableSpec(cfg.data.root, cfg.model.backbone, cfg.model.weights, reader_name(cfg), split, cfg.data.crop,
+                     cfg.data.res, cfg.data.crop_ratio, cfg.train.seed)
 
 
 def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     """The split's KNN table, mined now (and saved under data.root/nns/, k = data.knn_k or every item of a smaller
     split) if it does not exist yet; an existing table serves when it holds the ranks training draws
     (k > data.num_neighbors), whatever its k."""
-    path, meta = knn_path(cfg, split), knn_table_meta(cfg, split)
+    spec = knn_spec(cfg, split)
+    path, meta = spec.path, spec.meta()
     need = cfg.data.num_neighbors + 1
     if len(dataset) < need:
         raise StegoError(f"{cfg.data.root}: split {split!r} has {len(dataset)} training items, too few to draw KNN "

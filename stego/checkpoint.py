@@ -9,7 +9,7 @@ from .config import Config, from_dict, with_overrides
 from .errors import MissingFileError, StegoError
 from .io import atomic_write
 
-FORMAT = 1
+CHECKPOINT_FORMAT = 1
 """Format of the checkpoint dict; a file of another format is refused with what to do."""
 MODEL_SHAPE = ("backbone", "dim", "projection", "extra_clusters")
 """Model settings a checkpoint's weights are shaped by: evaluating it under other values cannot work."""
@@ -17,7 +17,7 @@ MODEL_SHAPE = ("backbone", "dim", "projection", "extra_clusters")
 
 def save_checkpoint(path: Path, model, optimizers, iteration: int, cfg: Config, extra: dict | None = None) -> None:
     """Write the model, optimiser states, config and iteration (plus `extra`) atomically."""
-    state = {"format": FORMAT, "iteration": iteration, "model": model.state_dict(),
+    state = {"format": CHECKPOINT_FORMAT, "iteration": iteration, "model": model.state_dict(),
              "optimizers": [o.state_dict() for o in optimizers], "config": cfg.to_dict(),
              "n_classes": model.n_classes, "in_dim": model.head.in_dim, **(extra or {})}
     with atomic_write(path, "wb") as f:
@@ -35,8 +35,8 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:
         raise StegoError(f"checkpoint {path} is unreadable ({type(err).__name__}); it may be truncated: "
                          f"resume from an earlier copy or retrain") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise StegoError(f"{path} is not a checkpoint of this suite (format {FORMAT}); for the authors' release "
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise StegoError(f"{path} is not a checkpoint of this suite (format {CHECKPOINT_FORMAT}); for the authors' release "
                          f"files use `stego eval --checkpoint FILE.ckpt`")
     return state
 

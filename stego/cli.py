@@ -104,7 +104,7 @@ def _presets(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import build_reports
+    from reports import build_reports
 
     pages = build_reports(args.results, args.out)
     print(f"{len(pages) - 1} report(s): {pages[0]}")

@@ -109,6 +109,19 @@ def read_json(path, fix: str = "delete it and run the command that wrote it agai
         raise StegoError(f"{path}: not readable JSON ({type(err).__name__}: {err}); {fix}") from None
 
 
+def save_png(array, path, palette=None) -> None:
+    """An image array (H×W×3 uint8, or H×W integer ids) as a PNG, atomically; `palette` ([n, 3] uint8) makes an
+    H×W uint8 array a palette PNG whose pixel values stay the ids."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if palette is not None:
+        image = Image.fromarray(array, mode="P")
+        image.putpalette(palette.reshape(-1).tolist())
+    with atomic_write(path, "wb", durable=False) as f:
+        image.save(f, format="PNG")
+
+
 def atomic_save_json(obj, path):
     """Write `obj` as indented JSON to `path` atomically."""
     with atomic_write(path, "w") as f:

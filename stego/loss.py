@@ -53,13 +53,9 @@ def draw_samples(batch: int, cfg: LossConfig, generator=None, device=None) -> Dr
     return Draws(coords1, coords2, perms)
 
 
-def sample(t: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of t [B, C, h, w] at coords [B, S, S, 2] → [B, C, S, S] (border padding, aligned corners)."""
-    return F.grid_sample(t, coords.permute(0, 2, 1, 3), padding_mode="border", align_corners=True)
-
-
 def sample_points(t: torch.Tensor, images: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of t [B, C, h, w] at points (images[k], coords[k]) → [K, C]; `sample`'s rule exactly.
+    """Bilinear samples of t [B, C, h, w] at points (images[k], coords[k]) → [K, C]: `grid_sample` with border
+    padding and aligned corners, exactly (docs/protocol.md §3.1).
 
     Written as an embedding bag over the channels-last pixel table, so sampling other images of the batch
     (the random pairings) reads only the 4 pixels each point needs, instead of copying whole feature maps.

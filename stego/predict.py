@@ -21,7 +21,7 @@ from .errors import MissingFileError, StegoError
 from .checkpoint import load_for_eval
 from .inference import crf_pool, crf_refine, predict_log_probs
 from .figures import overlay, palette
-from .io import atomic_write, writable_folder
+from .io import atomic_write, save_png, writable_folder
 from .runtime import pick_device
 
 log = logging.getLogger(__name__)
@@ -89,17 +89,9 @@ def _read(path: Path):
 def _save_ids(ids: np.ndarray, colours: np.ndarray, path: Path) -> None:
     """Class ids as a palette PNG: pixel value = id, shown in the overlay's colours (16-bit grey past 256 ids)."""
     if len(colours) > 256:
-        image = Image.fromarray(ids.astype(np.uint16))
+        save_png(ids.astype(np.uint16), path)
     else:
-        image = Image.fromarray(ids.astype(np.uint8), mode="P")
-        image.putpalette(colours.reshape(-1).tolist())
-    with atomic_write(path, "wb", durable=False) as f:
-        image.save(f, format="PNG")
-
-
-def _save_rgb(array: np.ndarray, path: Path) -> None:
-    with atomic_write(path, "wb", durable=False) as f:
-        Image.fromarray(array).save(f, format="PNG")
+        save_png(ids.astype(np.uint8), path, palette=colours)
 
 
 def write_legend(path: Path, names: dict) -> None:
@@ -148,7 +140,7 @@ def predict_images(checkpoint, images, out_dir, crf: bool = False, trusted: bool
                 ids = F.interpolate(lp.float(), (image.height, image.width), mode="bilinear", align_corners=False)
                 ids = ids.argmax(1)[0].cpu().numpy()
                 _save_ids(ids, colours[probe], out / f"{bases[path]}_{probe}.png")
-                _save_rgb(overlay(rgb, ids.astype(np.int64), len(names[probe])), out / f"{bases[path]}_{probe}_overlay.png")
+                save_png(overlay(rgb, ids.astype(np.int64), len(names[probe])), out / f"{bases[path]}_{probe}_overlay.png")
             result.written[path] = bases[path]
     finally:
         if pool is not None:

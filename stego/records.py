@@ -13,6 +13,7 @@ fields, naming the file and what to do. `provenance()` is the one place that say
 """
 import dataclasses
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,14 @@ from pathlib import Path
 
 from .errors import StegoError
 from .io import atomic_save_json, read_json
+
+TABLE_METRICS = ("cluster_acc", "cluster_miou", "linear_acc", "linear_miou")
+"""The four numbers a paper-table row holds (percent): cluster then linear probe, accuracy then mIoU."""
+
+
+def slug(text: str) -> str:
+    """A path-safe lower-case id, for record and report folders alike: 'ViT-S +clamp' -> 'vit-s-plus-clamp'."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower().replace("+", " plus ")).strip("-") or "x"
 
 
 def git_commit() -> str:

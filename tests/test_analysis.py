@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stego.analysis import (average_precision, cell_labels, cluster_to_class, five_crop_self_match,
-                            knn_cooccurrence, precision_recall, read_label_png, same_label_pr)
+                            knn_cooccurrence, precision_recall, read_example_png, same_label_pr)
 from stego.constants import IGNORE
 from stego.errors import StegoError
 
@@ -213,14 +213,14 @@ def test_examples_store_truth_and_matched_predictions(evaluated):
     n_classes = 5
     for i, entry in enumerate(examples):
         assert set(entry) == {"image", "truth", "cluster", "linear", "cluster_crf", "linear_crf"}
-        assert np.array_equal(read_label_png(folder / entry["truth"]), val[i]["label"].numpy())
+        assert np.array_equal(read_example_png(folder / entry["truth"]), val[i]["label"].numpy())
         for key in ("cluster", "cluster_crf", "linear", "linear_crf"):
-            pred = read_label_png(folder / entry[key])
+            pred = read_example_png(folder / entry[key])
             assert pred.shape == (32, 32) and pred.min() >= 0 and pred.max() < n_classes
     # Matched clusters are stored as the class they were matched to: pixels counted as class c's true
     # positives in the record's confusion matrix reappear as value c where the truth is c.
     confusion = np.asarray(record.metrics["cluster"]["confusion"])
     match = record.metrics["cluster"]["match"]
-    hits = sum(int(((read_label_png(folder / e["cluster"]) == c) & (read_label_png(folder / e["truth"]) == c)).sum())
+    hits = sum(int(((read_example_png(folder / e["cluster"]) == c) & (read_example_png(folder / e["truth"]) == c)).sum())
                for e in examples for c in range(n_classes))
     assert 0 < hits <= sum(confusion[match[c], c] for c in range(n_classes))

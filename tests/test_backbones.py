@@ -235,17 +235,6 @@ def test_bad_files_name_the_file(vits16, tmp_path):
 
 # ---------- weight resolution ----------
 
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    def fail(*args, **kwargs):
-        raise AssertionError("tests must never download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv(backbones.WEIGHTS_ENV, str(tmp_path / "env_dir"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def test_missing_weights_offline(no_network, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

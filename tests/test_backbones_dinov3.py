@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stego import backbones
 from stego.backbones import BACKBONES, MissingWeightsError, adapt_dinov3_vit, build_backbone, resolve_weight_file
 from stego.errors import StegoError
 
@@ -287,17 +286,6 @@ FILES = {
     "dinov3_convnext_base": "dinov3_convnext_base_pretrain_lvd1689m-801f2ba9.pth",
     "dinov3_convnext_large": "dinov3_convnext_large_pretrain_lvd1689m-61fa432d.pth",
 }
-
-
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    def fail(*args, **kwargs):
-        raise AssertionError("tests must never download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv(backbones.WEIGHTS_ENV, str(tmp_path / "env_dir"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def test_specs_name_the_gated_files():

@@ -23,21 +23,10 @@ from stego.download.manifest import verify_manifest
 from stego.download.sources import Digest
 from stego.errors import StegoError
 from tests import fixtures as F
-from tests.http_fixture import FileServer, tar_tree, zip_tree
+from tests.http_fixture import tar_tree, zip_tree
 
 FAST = FetchOptions(retries=1, timeout=10)
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setenv("STEGO_DOWNLOAD_BACKOFF", "0")
-
-
-@pytest.fixture
-def server():
-    with FileServer() as s:
-        yield s
 
 
 def serve_release(server, monkeypatch, dataset, data):

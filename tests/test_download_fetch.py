@@ -9,21 +9,9 @@ from stego.download import fetch as fetch_module
 from stego.download.fetch import FetchOptions, fetch
 from stego.download.sources import Digest
 from stego.errors import StegoError
-from tests.http_fixture import FileServer
 
 FAST = FetchOptions(retries=2, timeout=5)
 MiB = 1 << 20
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setenv("STEGO_DOWNLOAD_BACKOFF", "0")
-
-
-@pytest.fixture
-def server():
-    with FileServer() as s:
-        yield s
 
 
 @pytest.fixture

@@ -11,20 +11,8 @@ from stego import backbones
 from stego.download import manifest, places, sources, weights
 from stego.download.fetch import FetchOptions
 from stego.errors import StegoError
-from tests.http_fixture import FileServer
 
 FAST = FetchOptions(retries=1, timeout=10)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setenv("STEGO_DOWNLOAD_BACKOFF", "0")
-
-
-@pytest.fixture
-def server():
-    with FileServer() as s:
-        yield s
 
 
 def run_cli(argv):

@@ -13,8 +13,11 @@ import pytest
 from PIL import Image
 
 from stego.cli import main
+from stego import records
 from stego.errors import StegoError
-from stego.report import build_reports, load_runs, mean_std
+from reports import build_reports
+from reports.runs import load_records
+from reports.tables import mean_std
 
 CONFUSION = [[50, 2, 3], [4, 40, 6], [1, 8, 30]]
 
@@ -33,11 +36,39 @@ def metrics(acc, miou, crf=None):
 
 
 def benchmark(table, row, seed, scale, m, paper, cited=False, tolerance=None, crf=False, order=0):
-    return {"kind": "benchmark", "table": table, "row": row, "seed": seed, "scale": scale, "cited": cited,
-            "paper": {"cluster_acc": None, "cluster_miou": None, "linear_acc": None, "linear_miou": None, **paper},
-            "tolerance": tolerance, "metrics": m, "row_order": order,
-            "config": {"name": row, "data": {"dataset": "potsdam3"}, "eval": {"crf": crf}},
-            "train_dir": "train", "versions": {"torch": "2.14.1", "device": "cpu"}, "git_commit": "abc123def4567"}
+    """A benchmark record as the runner writes it (through stego.records), with its recorded verdicts."""
+    paper = {"cluster_acc": None, "cluster_miou": None, "linear_acc": None, "linear_miou": None, **paper}
+    tolerance = tolerance or {}
+    probes = ("cluster_crf", "linear_crf") if crf else ("cluster", "linear")
+    values = None if m is None else {
+        "cluster_acc": 100 * m[probes[0]]["accuracy"], "cluster_miou": 100 * m[probes[0]]["miou"],
+        "linear_acc": 100 * m[probes[1]]["accuracy"], "linear_miou": 100 * m[probes[1]]["miou"]}
+    comparison = {}
+    for key, number in paper.items():
+        if number is None:
+            continue
+        tol = tolerance.get(key, tolerance.get("default"))
+        measured = None if values is None else values[key]
+        diff = None if measured is None else measured - number
+        within = None if diff is None or tol is None or scale != "paper" else abs(diff) <= tol + 1e-9
+        comparison[key] = {"paper": number, "measured": measured, "diff": diff, "tolerance": tol, "within": within}
+    record = records.BenchmarkRecord(
+        row_kind="cited" if cited else "stego", table=table, row=row, slug=records.slug(row), row_order=order,
+        cited=cited, paper=paper, tolerance={k: tolerance.get(k, tolerance.get("default")) for k in paper},
+        source="paper", note="", known_gap="", paper_selected_on_val=None, preset=None, ablation=None, overrides=[],
+        backbone=None, release_checkpoint=None, seed=seed, scale=scale, run_overrides=[],
+        measured=None if m is None else dict(zip(("cluster", "linear"), probes)), measured_values=values,
+        comparison=comparison, metrics=m, train_dir="train", versions={"torch": "2.14.1", "device": "cpu"},
+        git_commit="abc123def4567",
+        config={"name": row, "data": {"dataset": "potsdam3"}, "eval": {"crf": crf}})
+    return records.to_dict(record)
+
+
+def evaluation(name, seed, m, **extra):
+    """An eval record as stego.evaluate writes it."""
+    record = records.EvalRecord(name=name, config=extra.pop("config", {}), checkpoint="ck.pt", split="val",
+                                metrics=m, seconds=1.0, seed=seed, versions={}, git_commit="abc", **extra)
+    return records.to_dict(record)
 
 
 def write(path: Path, obj) -> Path:
@@ -91,7 +122,7 @@ def results(tmp_path):
         folder = res / "table-9" / "stego" / f"seed{seed}"
         # Eval records are a benchmark's raw form, not reports of their own: one named by the record (elsewhere,
         # with the analysis beside it, as the runner writes them), one beside the record.
-        raw = {"kind": "eval", "name": "STEGO", "seed": seed, "metrics": rec["metrics"]}
+        raw = evaluation("STEGO", seed, rec["metrics"])
         if seed == 0:
             shared = res / "runs" / "release-x"
             section = write_analysis(shared)
@@ -125,11 +156,13 @@ def test_mean_std_is_the_sample_standard_deviation():
 def test_report_cells_paper_measured_delta_and_marks(results, tmp_path):
     pages = build_reports(results, tmp_path / "out")
     assert [p.name for p in pages] == ["index.md", "table-8.md", "table-9-test.md"]
+    assert (tmp_path / "out" / "table-9-test" / "results.csv").read_text().splitlines()[1].startswith("STEGO,")
     page = (tmp_path / "out" / "table-9-test.md").read_text()
     cells = line_of(page, "STEGO")
     # Row, Seeds, then paper | measured | Δ for cluster acc, cluster mIoU, linear acc, linear mIoU.
     assert cells[:2] == ["STEGO", "0, 1"]
-    assert cells[2:5] == ["50.0", "53.0 ± 1.4", "+3.0 ✗"]  # std of 52, 54 is √2; |Δ| 3 > tolerance 2
+    # std of 52, 54 is √2; the verdicts are the records': seed 0 (|Δ| 2) within tolerance 2, seed 1 (|Δ| 4) not
+    assert cells[2:5] == ["50.0", "53.0 ± 1.4", "+3.0 1/2 ✓"]
     assert cells[5:8] == ["20.0", "19.5 ± 0.7", "-0.5 ✓"]
     assert cells[8:11] == ["—", "63.0 ± 1.4", "—"]
     iic = line_of(page, "IIC †")
@@ -191,10 +224,10 @@ def test_bad_records_are_one_line_errors(tmp_path):
     del rec["row"]
     write(tmp_path / "a" / "record.json", rec)
     with pytest.raises(StegoError, match=r"a/record.json: benchmark record lacks row"):
-        load_runs(tmp_path)
+        load_records(tmp_path)
     (tmp_path / "a" / "record.json").write_text('{"kind": "bench')
     with pytest.raises(StegoError, match=r"record.json: not a readable JSON record"):
-        load_runs(tmp_path)
+        load_records(tmp_path)
     rec = benchmark("T", "row", 0, "toy", metrics(0.5, 0.2), {})
     rec["analysis"] = {"data": "gone/analysis.json"}
     write(tmp_path / "a" / "record.json", rec)
@@ -203,9 +236,9 @@ def test_bad_records_are_one_line_errors(tmp_path):
 
 
 def _eval_record(name, seed, dataset, backbone, miou):
-    return {"kind": "eval", "name": name, "seed": seed, "metrics": metrics(0.5, miou),
-            "config": {"name": name, "data": {"dataset": dataset, "workers": seed},
-                       "model": {"backbone": backbone}, "train": {"seed": seed}, "eval": {"crf": False}}}
+    return evaluation(name, seed, metrics(0.5, miou), config={
+        "name": name, "data": {"dataset": dataset, "workers": seed}, "model": {"backbone": backbone},
+        "train": {"seed": seed}, "eval": {"crf": False}})
 
 
 def test_runs_that_share_a_name_are_grouped_only_when_their_configs_agree(tmp_path):

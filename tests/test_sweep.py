@@ -134,7 +134,7 @@ def test_jobs_file_round_trip_and_bad_files(tmp_path):
     bad.write_text("jobs: [unclosed")
     with pytest.raises(StegoError, match="not valid YAML"):
         load_jobs(bad)
-    with pytest.raises(MissingFileError, match="benchmarks.sweep_rows"):
+    with pytest.raises(MissingFileError, match="python -m benchmarks sweep"):
         load_jobs(tmp_path / "nowhere.yaml")
 
 
@@ -360,11 +360,11 @@ def test_stego_does_not_import_the_harness():
 
 
 def test_table_rows_become_jobs_that_write_benchmark_records(tmp_path, monkeypatch):
-    from benchmarks import runner, sweep_rows
+    from benchmarks import jobs as table_jobs, runner
     from benchmarks.registry import rows
 
     results = tmp_path / "results"
-    jobs = sweep_rows.row_jobs(["table2"], [0], "toy", results)
+    jobs = table_jobs.row_jobs(["table2"], [0], "toy", results)
     cited = [r for r in rows("table2") if r.cited]
     assert all(runner.record_path(results, r, 0).is_file() for r in cited)  # cited rows need no job
     ids = [j.id for j in jobs]
@@ -379,4 +379,4 @@ def test_table_rows_become_jobs_that_write_benchmark_records(tmp_path, monkeypat
     assert len(evaluations) == 1 and evaluations[0].endswith("-crf.json")  # one evaluation served both rows
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(StegoError, match="--gpus 1"):
-        sweep_rows.run_rows(**pair.args)
+        table_jobs.run_rows(**pair.args)

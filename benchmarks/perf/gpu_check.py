@@ -4,7 +4,7 @@
 
 Measures training iterations/s (`stego.train.train_step` with a real head, loss and probes; ViT-S/8 and ViT-B/8 at
 batch 32 and 224 in bf16 and fp32, plus the ResNet-50 and raw-feature rows the projections need), evaluation
-images/s at 320 with flip TTA (`stego.evaluate.predict_log_probs`), KNN features at 224 (`embed_dataset`) and
+images/s at 320 with flip TTA (`stego.inference.predict_log_probs`), KNN features at 224 (`embed_dataset`) and
 top-k mining of 250,000 crops (`topk_cosine` on the device), and DenseCRF images/s with one worker per core.
 Each rate is printed next to its hardware bound where one exists (matmul FLOPs ÷ the device's measured matmul
 rate, in the stage's precision), then the projected wall time of each paper table's full run (the registry's
@@ -13,60 +13,25 @@ Estimated at 2–3 minutes on one H100 (not yet run on one; the budget is 8 minu
 so the same code runs in well under a minute on a CPU (`test_gpu_check.py` runs it, so it cannot rot).
 """
 import argparse
-import contextlib
 import logging
-import os
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-import stego.evaluate
-import stego.train
 from benchmarks import runner
 from benchmarks.registry import REGISTRY, TABLES
 from stego.backbones import build_backbone
-from stego.config import TrainConfig
-from stego.crf import CrfPool, dense_crf
-from stego.data.knn import embed_dataset, topk_cosine
 from stego.io import atomic_save_json
-from stego.config import LossConfig
-from stego.loss import CorrespondenceLoss
-from stego.model import Stego
-from stego.runtime import versions
+from stego.records import versions
 
-from .hardware import backbone_flops, device_name, load_average, matmul_rate, rate, synchronize, timed
+from .gpu_stages import (Sizes, arch_name, bench_crf, bench_embed, bench_eval, bench_knn, bench_train,
+                         product_precision)
+from .hardware import device_name, load_average, matmul_rate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """What one check measures: the paper's sizes by default, `TINY` for a CPU smoke run."""
-
-    batch: int = 32
-    train_res: int = 224
-    eval_res: int = 320
-    eval_batch: int = 8
-    embed_batch: int = 64
-    embed_batches: int = 10
-    knn_n: int = 250_000
-    knn_dim: int = 768
-    knn_k: int = 30
-    crf_res: int = 320
-    crf_per_worker: int = 2
-    n_classes: int = 27
-    min_seconds: float = 3.0
-    """Each rate is timed over at least this long (and at least `min_iters` calls) after `warmup` calls."""
-    warmup: int = 3
-    min_iters: int = 5
-    matmul_seconds: float = 1.0
-    max_crf_workers: int | None = None
 
 
 FULL = Sizes()
@@ -97,11 +62,6 @@ TARGETS = [{"stage": "train", "arch": "vit_b8", "precision": "bf16", "kind": "st
 TARGET_KEYS = ("stage", "arch", "precision", "kind")
 
 
-def product_precision(device) -> str:
-    """The precision stego's training and evaluation run in on this device: bf16 autocast on CUDA, else fp32."""
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
 def train_runs(device) -> list:
     """TRAIN_RUNS on CUDA. On a CPU, where the product trains in fp32, every run in fp32, plus one bf16 run that
     keeps the autocast path of this check exercised."""
@@ -109,176 +69,6 @@ def train_runs(device) -> list:
         return TRAIN_RUNS
     runs = list(dict.fromkeys((arch, "fp32", kind) for arch, _, kind in TRAIN_RUNS))
     return runs + [("vit_s8", "bf16", "stego")]
-
-
-def arch_name(arch: str) -> str:
-    return {"vit_s8": "ViT-S/8", "vit_b8": "ViT-B/8", "r50": "ResNet-50"}[arch]
-
-
-@contextlib.contextmanager
-def precision(mode: str):
-    """Run stego's training and evaluation code in `mode`: 'bf16' autocast (what they use on CUDA) or 'fp32'.
-
-    Swaps the `autocast` those modules call for the duration (the product has no fp32 switch on CUDA). On a CPU,
-    'bf16' is CPU autocast, which the product itself never uses: there it only keeps this code path running.
-    """
-    def make(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
-
-    saved = stego.train.autocast, stego.evaluate.autocast
-    stego.train.autocast = stego.evaluate.autocast = make
-    try:
-        yield
-    finally:
-        stego.train.autocast, stego.evaluate.autocast = saved
-
-
-def count_syncs(fn, device) -> dict | None:
-    """Host–device synchronisations made by one call of `fn` on CUDA (torch's sync debug mode), with where."""
-    if device.type != "cuda":
-        return None
-    synchronize(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    found = [w for w in caught if "synchroniz" in str(w.message)]
-    return {"count": len(found), "where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in found})}
-
-
-def synthetic_batch(sizes: Sizes, device, generator) -> dict:
-    """A training batch as the loader gives it: anchors, KNN partners, labels with some ignore pixels."""
-    shape = (sizes.batch, 3, sizes.train_res, sizes.train_res)
-    return {"img": torch.randn(shape, generator=generator).to(device),
-            "img_pos": torch.randn(shape, generator=generator).to(device),
-            "label": torch.randint(-1, sizes.n_classes, (sizes.batch, sizes.train_res, sizes.train_res),
-                                   generator=generator).to(device)}
-
-
-def bench_train(backbone, arch: str, mode: str, kind: str, sizes: Sizes, device, rates: dict) -> dict:
-    """Iterations/s of `train_step` for one architecture, precision and kind, against its matmul bound."""
-    torch.manual_seed(0)
-    raw = kind == "raw"
-    t = TrainConfig()
-    model = Stego(backbone.dim, 90, sizes.n_classes, "none" if raw else "nonlinear").to(device).train()
-    optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
-                  torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
-    if not raw:
-        optimizers.append(torch.optim.Adam(model.head.parameters(), lr=t.lr))
-    loss_fn = CorrespondenceLoss(LossConfig())
-    batch = synthetic_batch(sizes, device, torch.Generator().manual_seed(0))
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def step():
-        stego.train.train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil=not raw)
-
-    with precision(mode):
-        per_s, calls = rate(step, device, sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
-        syncs = count_syncs(step, device)
-    images = sizes.batch * (1 if raw else 2)
-    flops = images * backbone_flops(backbone, sizes.train_res, sizes.train_res)
-    bound = rates[mode] / flops
-    return {"stage": "train", "arch": arch, "precision": mode, "kind": kind, "batch": sizes.batch,
-            "res": sizes.train_res, "rate": per_s, "unit": "it/s", "bound": bound, "iterations": calls,
-            "backbone_flops_per_iteration": flops, "anchor_images_per_s": per_s * sizes.batch,
-            "syncs_per_step": syncs,
-            "config": f"{arch_name(arch)} {mode} {kind} batch {sizes.batch} {sizes.train_res}²"}
-
-
-def bench_eval(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
-    """Images/s of `predict_log_probs` (flip TTA, upsampling, both probes) at the evaluation size, in the
-    product's precision."""
-    torch.manual_seed(0)
-    model = Stego(backbone.dim, 90, sizes.n_classes).to(device).eval()
-    shape = (sizes.eval_batch, 3, sizes.eval_res, sizes.eval_res)
-    images = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
-    size = (sizes.eval_res, sizes.eval_res)
-    mode = product_precision(device)
-    with precision(mode):
-        per_s, calls = rate(lambda: stego.evaluate.predict_log_probs(model, backbone, images, size), device,
-                            sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
-    flops = 2 * backbone_flops(backbone, sizes.eval_res, sizes.eval_res)
-    return {"stage": "eval", "arch": arch, "precision": mode, "res": sizes.eval_res, "batch": sizes.eval_batch,
-            "rate": per_s * sizes.eval_batch, "unit": "img/s", "bound": rates[mode] / flops, "batches": calls,
-            "backbone_flops_per_image": flops, "config": f"{arch_name(arch)} {mode} {sizes.eval_res}² flip TTA"}
-
-
-class _InMemory(Dataset):
-    """Synthetic normalised images held in memory: embedding speed without file decoding."""
-
-    def __init__(self, n: int, res: int):
-        self.images = torch.randn(n, 3, res, res, generator=torch.Generator().manual_seed(2))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"img": self.images[i]}
-
-
-def bench_embed(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
-    """Images/s of `embed_dataset` (KNN features: bf16 backbone on CUDA, pooled, normalised) from memory."""
-    data = _InMemory(sizes.embed_batch * sizes.embed_batches, sizes.train_res)
-    embed_dataset(backbone, torch.utils.data.Subset(data, range(sizes.embed_batch)), sizes.embed_batch, device)
-    seconds = timed(lambda: embed_dataset(backbone, data, sizes.embed_batch, device), device)
-    flops = backbone_flops(backbone, sizes.train_res, sizes.train_res)
-    mode = product_precision(device)
-    return {"stage": "embed", "arch": arch, "precision": mode, "res": sizes.train_res, "rate": len(data) / seconds,
-            "unit": "img/s", "bound": rates[mode] / flops, "images": len(data),
-            "config": f"{arch_name(arch)} {mode} {sizes.train_res}² KNN features, from memory"}
-
-
-def bench_knn(sizes: Sizes, device, rates: dict) -> dict:
-    """Seconds of `topk_cosine` over knn_n random features on the device (the release's COCO five-crop scale)."""
-    feats = torch.randn(sizes.knn_n, sizes.knn_dim, generator=torch.Generator().manual_seed(3)).to(device)
-    topk_cosine(feats[: min(4096, sizes.knn_n)], sizes.knn_k, device=device)
-    seconds = timed(lambda: topk_cosine(feats, sizes.knn_k, device=device), device)
-    flops = 2 * sizes.knn_n**2 * sizes.knn_dim
-    return {"stage": "knn", "n": sizes.knn_n, "dim": sizes.knn_dim, "k": sizes.knn_k, "precision": "fp32",
-            "seconds": seconds, "rate": sizes.knn_n / seconds, "unit": "queries/s",
-            "bound": rates["fp32"] / flops * sizes.knn_n, "flops": flops,
-            "config": f"top-{sizes.knn_k} of {sizes.knn_n:,} × {sizes.knn_dim}, fp32"}
-
-
-def synthetic_crf_inputs(n: int, size: int, labels: int, seed: int = 0) -> list:
-    """n (BGR uint8 image, softmax probs [labels, size, size]) pairs: piecewise-smooth images (as photos are, so
-    the bilateral lattice is not filled with noise) and smooth random probabilities."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    cells = np.minimum(np.arange(size) * 4 // size, 3)
-    out = []
-    for _ in range(n):
-        blocks = rng.integers(0, 256, (4, 4, 3))[cells[:, None], cells[None, :]]
-        shade = (40 * np.sin(6 * x + rng.uniform(0, 6)) * np.cos(4 * y))[..., None]
-        image = np.clip(blocks + shade + rng.normal(0, 4, blocks.shape), 0, 255).astype(np.uint8)
-        grid = np.minimum(np.arange(size) * 8 // size, 7)
-        logits = rng.normal(0, 2, (labels, 8, 8))[:, grid[:, None], grid[None, :]]
-        probs = np.exp(logits - logits.max(0))
-        out.append((np.ascontiguousarray(image), (probs / probs.sum(0)).astype(np.float32)))
-    return out
-
-
-def bench_crf(sizes: Sizes) -> dict:
-    """Images/s of DenseCRF with one worker per core (a warm `CrfPool`, as an evaluation keeps it), against
-    the bound of every core refining at the serial rate."""
-    workers = os.cpu_count() or 1
-    if sizes.max_crf_workers:
-        workers = min(workers, sizes.max_crf_workers)
-    pairs = synthetic_crf_inputs(workers * sizes.crf_per_worker, sizes.crf_res, sizes.n_classes)
-    images, probs = [p[0] for p in pairs], [p[1] for p in pairs]
-    serial = 1 / timed(lambda: dense_crf(images[0], probs[0]))
-    with CrfPool(workers) as pool:
-        started = time.perf_counter()
-        pool.map(images[:workers], probs[:workers])
-        warm_up = time.perf_counter() - started
-        seconds = timed(lambda: pool.map(images, probs))
-    return {"stage": "crf", "workers": workers, "res": sizes.crf_res, "labels": sizes.n_classes,
-            "rate": len(images) / seconds, "unit": "img/s", "bound": workers * serial, "serial_rate": serial,
-            "pool_start_and_first_map_s": warm_up,
-            "config": f"{sizes.crf_res}², {sizes.n_classes} labels, {workers} workers"}
 
 
 def _measured(results, stage, **match) -> dict:

@@ -14,7 +14,8 @@ from benchmarks.registry import TABLES
 from stego.runtime import autocast as product_autocast
 
 from . import gpu_check
-from .gpu_check import FULL, TARGETS, check_targets, precision, project
+from .gpu_check import FULL, TARGETS, check_targets, project
+from .gpu_stages import precision
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -193,6 +193,32 @@ def table_path(root, backbone, dataset, split, crops="none", res=224, crop_ratio
     return Path(root) / "nns" / f"nns_{backbone}_{dataset}_{split}_{crops}_{res}{'_' + tag if tag else ''}.pt"
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    """A split's KNN table as training and `stego data knn` both name it: what it is mined from (its metadata)
+    and where it lives (under the data root)."""
+
+    root: str
+    backbone: str
+    weights: str | None
+    dataset: str
+    split: str
+    crops: str = "none"
+    res: int = 224
+    crop_ratio: float = 0.5
+    seed: int = 0
+
+    @property
+    def path(self) -> Path:
+        return table_path(self.root, self.backbone, self.dataset, self.split, self.crops, self.res, self.crop_ratio,
+                          self.weights, self.seed)
+
+    def meta(self) -> dict:
+        """The metadata a table for this spec records (the official weights are located and hashed)."""
+        return knn_meta(self.backbone, self.weights or None, self.dataset, self.split, self.crops, self.res,
+                        self.crop_ratio, self.seed)
+
+
 def _remine_hint(meta, root, force=True):
     """What to run about a missing or unusable table, for error messages."""
     if not meta or "dataset" not in meta:
@@ -354,16 +380,17 @@ def run_knn(args):
     from stego.backbones import build_backbone
     from stego.data.datasets import build_dataset
 
-    meta = knn_meta(args.backbone, args.weights, args.dataset, args.split, args.crop, args.res, args.crop_ratio,
-                    args.seed)
+    spec = TableSpec(str(args.root), args.backbone, args.weights, args.dataset, args.split, args.crop, args.res,
+                     args.crop_ratio, args.seed)
+    meta = spec.meta()
     dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
                             crop_ratio=args.crop_ratio)
-    path = args.out or table_path(args.root, args.backbone, args.dataset, args.split, args.crop, args.res,
-                                  args.crop_ratio, args.weights, args.seed)
+    path = args.out or spec.path
     expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
     table = None if args.force else existing_table(path, expect, args.k, args.root)
     if table is None:  # build the backbone only when there is work for it
-        table = mine_knn(build_backbone(args.backbone, weights=args.weights, seed=args.seed), dataset, path, meta, k=args.k,
+        backbone = build_backbone(args.backbone, weights=args.weights, seed=args.seed)
+        table = mine_knn(backbone, dataset, path, meta, k=args.k,
                          batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
                          device=args.device, workers=worker_count(args.workers), amp=args.amp, force=True,
                          root=args.root)

@@ -93,7 +93,6 @@ CITYSCAPES_VALID_RAW = np.zeros(256, dtype=bool)
 CITYSCAPES_VALID_RAW[:CITYSCAPES_LAST_CLASS_ID + 1] = True
 CITYSCAPES_VALID_RAW[RAW_UNLABELLED] = True
 
-POTSDAM_6_NAMES = ("roads", "buildings", "low vegetation", "trees", "cars", "clutter")
 POTSDAM_3_NAMES = ("roads and cars", "buildings and clutter", "trees and vegetation")
 
 POTSDAM_6_TO_3 = _lut_from_ranges({0: [0, 4], 1: [1, 5], 2: [2, 3]})

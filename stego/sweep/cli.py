@@ -59,7 +59,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                          description="Add jobs (from jobs files and/or a preset grid) to the sweep folder and submit "
                                      "every job of the sweep that is missing or failed; done and running jobs are "
                                      "skipped, so the same command re-submits a sweep.")
-    p.add_argument("jobs", nargs="*", default=[], help="jobs files (YAML), e.g. from python -m benchmarks.sweep_rows")
+    p.add_argument("jobs", nargs="*", default=[], help="jobs files (YAML), e.g. from python -m benchmarks sweep")
     p.add_argument("--dir", required=True, help="the sweep folder (jobs.yaml, submissions, state, logs, runs)")
     p.add_argument("--preset", help="preset jobs: preset name or YAML file")
     p.add_argument("--ablation", help="an ablation switch for the preset jobs (stego/presets/_ablations.yaml)")

@@ -93,7 +93,7 @@ def load_jobs(path) -> list[Job]:
     """The jobs of a jobs file (YAML or JSON: a list of jobs, or a mapping with a 'jobs' list)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"jobs file {path} not found: write one with `python -m benchmarks.sweep_rows` "
+        raise MissingFileError(f"jobs file {path} not found: write one with `python -m benchmarks sweep --table TABLE` "
                                f"or give --preset and --grid")
     try:
         data = yaml.safe_load(path.read_text())

@@ -1,6 +1,6 @@
 """Paper-table rows as sweep jobs for `stego sweep submit`, so tables run as SLURM job arrays.
 
-    python -m benchmarks.sweep_rows --table table2 --seeds 3 --results-dir results > table2_jobs.yaml
+    python -m benchmarks sweep --table table2 --seeds 3 --results-dir results > table2_jobs.yaml
     stego sweep submit table2_jobs.yaml --dir sweeps/table2 --partition gpu --gpus 1 --cpus 10 --time 2:00:00
 
 Each job calls `run_rows` below (its `entry`), which runs `runner.run_row` for its rows: the job writes the rows'
@@ -11,20 +11,18 @@ and its CRF rows run first, so their evaluation (which holds the metrics before 
 Cited rows need no compute: their records are written when the jobs are exported. `stego` never imports this
 module; a job names it, and the job process imports it (submit from the repository root).
 """
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 from stego.errors import StegoError
-from stego.sweep import Job, dump_jobs, parse_seeds
+from stego.sweep import Job
 
 from . import registry, runner, toy
 
 log = logging.getLogger(__name__)
 
-ENTRY = "benchmarks.sweep_rows:run_rows"
+ENTRY = "benchmarks.jobs:run_rows"
 
 
 def _train_folder(r, cfg, scale: str, results_dir: Path) -> Path:
@@ -87,40 +85,3 @@ def run_rows(rows: list, seed: int, scale: str, results_dir: str, data_root=None
                        select_on_val=select_on_val, trusted=trusted, overrides=overrides)
         paths.append(str(runner.record_path(results_dir, r, seed)))
     return paths
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep_rows",
-                                     description="Write the jobs of paper-table rows for `stego sweep submit`.")
-    parser.add_argument("--table", action="append", required=True, choices=registry.TABLES, help="table (repeatable)")
-    parser.add_argument("--row", action="append", help="only these rows (name or slug; repeatable)")
-    parser.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2) or a list (0,4,7)")
-    parser.add_argument("--scale", choices=runner.SCALES, default="paper",
-                        help="paper: the paper's settings on real data; toy: the synthetic stand-in (CPU)")
-    parser.add_argument("--results-dir", default="results", help="where the records go (default results/)")
-    parser.add_argument("--data-root", help="datasets root (default: each preset's data.root)")
-    parser.add_argument("--release-dir", help="folder of the released .ckpt files (default $STEGO_RELEASE_DIR)")
-    parser.add_argument("--select-on-val", action="store_true", help="keep the best-validation checkpoint")
-    parser.add_argument("--trust-checkpoints", action="store_true", help="see `stego eval --help`")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="machine setting for paper-scale runs, e.g. eval.crf_workers=12 (repeatable)")
-    parser.add_argument("--no-check", action="store_true", help="do not check now that the inputs exist")
-    parser.add_argument("--out", help="write the jobs here instead of to stdout")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        jobs = row_jobs(args.table, parse_seeds(args.seeds), args.scale, args.results_dir, args.data_root,
-                        args.release_dir, args.select_on_val, args.trust_checkpoints, args.row, not args.no_check, args.set)
-    except StegoError as err:
-        print(f"sweep_rows: error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        Path(args.out).write_text(dump_jobs(jobs))
-    else:
-        sys.stdout.write(dump_jobs(jobs))
-    log.info("%d job(s) for %s", len(jobs), ", ".join(args.table))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
