@@ -308,3 +308,21 @@ def test_backbone_state_loads_into_our_dino_vit(tmp_path):
     rebuilt = build_backbone(ck.backbone_name, weights=ck.backbone_state).trunk.state_dict()
     assert set(rebuilt) == set(source.state_dict())
     assert all(torch.equal(rebuilt[k], v) for k, v in source.state_dict().items())
+
+
+def test_a_bare_released_name_is_found_in_the_release_folder(tmp_path, monkeypatch):
+    """`stego eval --checkpoint cocostuff27_vit_base_5.ckpt` (as the README writes it) finds the file where
+    `stego weights download --release` put it: $STEGO_RELEASE_DIR, else ./saved_models."""
+    from stego.released import released_path
+
+    folder = tmp_path / "releases"
+    folder.mkdir()
+    written = write(folder, release_dict(SMALL_CFG)[0], "cocostuff27_vit_base_5.ckpt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STEGO_RELEASE_DIR", str(folder))
+    assert released_path("cocostuff27_vit_base_5.ckpt") == written
+    assert load_released_checkpoint("cocostuff27_vit_base_5.ckpt").n_classes == 3
+    monkeypatch.delenv("STEGO_RELEASE_DIR")
+    with pytest.raises(MissingFileError) as e:
+        released_path("cocostuff27_vit_base_5.ckpt")
+    one_line_error(e, "stego weights download --release cocostuff27_vit_base_5.ckpt", "saved_models")

@@ -279,3 +279,23 @@ def test_a_killed_extraction_leaves_nothing_in_place_and_a_rerun_completes_it(se
     assert not partial.exists()
     assert_checks("cocostuff27", root)
     assert verify_manifest(root) == []
+
+
+@pytest.mark.parametrize("dataset, writer", [("cocostuff27", F.write_cocostuff), ("cityscapes27", F.write_cityscapes),
+                                             ("potsdam3", F.write_potsdam)])
+def test_the_stego_command_from_an_empty_folder_to_a_checked_tree(server, tmp_path, capsys, dataset, writer):
+    """`stego data download D --root R --mirror URL`, then `stego data check`, through the real command line; a
+    file of the extracted tree changed afterwards is named by data check (against the download manifest)."""
+    from stego.cli import main
+
+    writer(tmp_path / "src")
+    folder = download_data.FOLDERS[dataset]
+    server.add(f"/mirror/{sources.RELEASE_ZIPS[dataset].name}", zip_tree(tmp_path / "src" / folder, f"{folder}/"))
+    root = tmp_path / "empty"
+    assert main(["data", "download", dataset, "--root", str(root), "--mirror", server.url("/mirror")]) == 0
+    assert main(["data", "check", "--dataset", dataset, "--root", str(root)]) == 0
+    assert "result: OK" in capsys.readouterr().out
+    victim = next(p for p in sorted((root / folder).rglob("*")) if p.is_file() and p.suffix in (".png", ".mat"))
+    victim.write_bytes(victim.read_bytes() + b"x")
+    assert main(["data", "check", "--dataset", dataset, "--root", str(root)]) == 1
+    assert "[downloads]" in capsys.readouterr().out

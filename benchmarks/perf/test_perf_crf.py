@@ -13,7 +13,7 @@ import pytest
 from stego import crf
 from stego.crf import CrfPool, crf_batch, dense_crf
 
-from .gpu_check import synthetic_crf_inputs
+from .gpu_stages import synthetic_crf_inputs
 from .report import compare
 
 SIZE, LABELS = 128, 27

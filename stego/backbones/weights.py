@@ -48,7 +48,8 @@ def resolve_weight_file(name: str, weights_dir=None) -> Path:
     for d in dirs:
         if (d / spec.weight_file).is_file():
             return d / spec.weight_file
-    where = f"put {spec.weight_file} (from {spec.url}) in ${WEIGHTS_ENV}, or set {WEIGHTS_OPTION}"
+    where = (f"fetch it with `stego weights download {name}`, or put {spec.weight_file} (from {spec.url}) in "
+             f"${WEIGHTS_ENV}, or set {WEIGHTS_OPTION}")
     searched = ", ".join(str(d) for d in dirs)
     if spec.access:
         raise MissingWeightsError(f"{name}: weight file {spec.weight_file} not found; its licence requires an access "

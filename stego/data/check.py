@@ -22,6 +22,7 @@ from stego.data.datasets import (
     image_folder_dir,
     reader_class,
 )
+from stego.download.manifest import verify_manifest
 from stego.errors import StegoError
 from stego.io import atomic_save_json
 
@@ -127,8 +128,10 @@ def _check_split(name, root, split, crop, crop_ratio, workers, dataset_kwargs):
 
 
 def check_dataset(name, root, splits=None, skip_bad=False, *, crop=False, crop_ratio=0.5, workers=4,
-                  **dataset_kwargs):
-    """Open every image and label of the named splits (default: all) and collect every problem found.
+                  verify_downloads=False, **dataset_kwargs):
+    """Open every image and label of the named splits (default: all) and collect every problem found, and what
+    `stego data download` recorded of the dataset's files that no longer holds (sizes and file counts; their
+    SHA-256 too with verify_downloads).
 
     crop/crop_ratio check the five-crop output instead; dataset_kwargs go to the reader (list_name,
     n_classes). Decoding runs on `workers` threads.
@@ -145,6 +148,8 @@ def check_dataset(name, root, splits=None, skip_bad=False, *, crop=False, crop_r
         report.problems += problems
         if (name, split) in PROTOCOL_COUNTS and not crop and not dataset_kwargs:
             report.expected[split] = PROTOCOL_COUNTS[name, split]
+    report.problems += [Problem("downloads", p.path, p.reason)
+                        for p in verify_manifest(root, group=name, full=verify_downloads)]
     return report
 
 
@@ -193,7 +198,7 @@ def add_cli(subparsers):
         description="Open every image and label of a dataset, print counts and every problem found; "
                     "exit status 1 when the check fails.")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--root", required=True, type=Path, help="data root (see stego/data/datasets.py for layouts)")
+    p.add_argument("--root", required=True, type=Path, help="data root (layouts: docs/data.md)")
     p.add_argument("--split", action="append", help="split to check (repeatable; default: all)")
     p.add_argument("--crop", action="store_true", help="check the five-crop output instead")
     p.add_argument("--crop-ratio", type=float, default=0.5)
@@ -202,6 +207,8 @@ def add_cli(subparsers):
     p.add_argument("--skip-bad", action="store_true",
                    help="bad files are recorded as to skip and do not fail the check")
     p.add_argument("--report", type=Path, help="also write the report as JSON to this file")
+    p.add_argument("--verify-downloads", action="store_true",
+                   help="also re-hash every file `stego data download` fetched (slow for large archives)")
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
     p.set_defaults(func=run_check)
     return p
@@ -215,7 +222,8 @@ def run_check(args):
     if args.n_classes is not None:
         kwargs["n_classes"] = args.n_classes
     report = check_dataset(args.dataset, args.root, args.split, args.skip_bad, crop=args.crop,
-                           crop_ratio=args.crop_ratio, workers=args.workers, **kwargs)
+                           crop_ratio=args.crop_ratio, workers=args.workers, verify_downloads=args.verify_downloads,
+                           **kwargs)
     print(format_report(report))
     if args.report:
         atomic_save_json(report.to_dict(), args.report)

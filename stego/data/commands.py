@@ -23,6 +23,11 @@ def fivecrop_command(dataset: str, root, split: str, crop_ratio: float = 0.5, fo
     return " ".join(parts + (["--force"] if force else []))
 
 
+def download_hint(dataset: str, root, manual: str) -> str:
+    """How to get a dataset: `stego data download` (docs/data.md), or by hand (`manual`)."""
+    return f"download it with `stego data download {dataset} --root {_quote(root)}` (docs/data.md), or {manual}"
+
+
 def check_command(dataset: str, root, split: str | None = None, crop_ratio: float | None = None) -> str:
     """Check a dataset's files (its five-crops when `crop_ratio` is given) and list every bad one."""
     parts = ["stego data check --dataset", _quote(dataset), "--root", _quote(root)]

@@ -1,47 +1,7 @@
 """Dataset readers: CocoStuff-27, Cityscapes-27, Potsdam-3, a plain image folder, and five-crop output.
 
-On-disk layouts (ROOT is the data root; the names follow the authors' release, so its folders work as they are):
-
-CocoStuff-27 (COCO-Stuff 164k, IIC curated lists)::
-
-    ROOT/cocostuff/images/{train2017,val2017}/<id>.jpg
-    ROOT/cocostuff/annotations/{train2017,val2017}/<id>.png      fine labels 0–181, 255 unlabelled
-    ROOT/cocostuff/curated/{train2017,val2017}/Coco164kFull_Stuff_Coarse.txt, ..._Coarse_7.txt   one id a line
-
-    split "train" reads curated/train2017/Coco164kFull_Stuff_Coarse.txt, "val" reads
-    curated/val2017/Coco164kFull_Stuff_Coarse_7.txt (the release's choice); `list_name` picks another list.
-
-Cityscapes-27 (gtFine)::
-
-    ROOT/cityscapes/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png
-    ROOT/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
-
-    class = labelId − 7; labelIds 0–6 and 255 are ignored; 34–254 are rejected (see mappings.py). Files are
-    read in sorted path order.
-
-Potsdam-3 (IIC tiles)::
-
-    ROOT/potsdam/imgs/<id>.mat      key "img": H×W×C (channel last, C ≥ 3, RGB-IR), uint8; the first 3 are used
-    ROOT/potsdam/gt/<id>.mat        key "gt": H×W fine labels 0–5, 255 unlabelled (absent for unlabelled tiles)
-    ROOT/potsdam/{labelled_train,unlabelled_train,labelled_test,all}.txt   one id a line
-
-    splits as in the release: "train" = labelled_train, "val" = labelled_test, "unlabelled_train",
-    "train+val" = labelled_train + labelled_test, "all"; plus "train+unlabelled" = labelled_train +
-    unlabelled_train (IIC's training set). Tiles of the labelled lists must have a gt file.
-
-Image folder (your own images)::
-
-    ROOT/images/<split>/*.{jpg,jpeg,png}     (ROOT/imgs/<split>/ — the release's name — is accepted too)
-    ROOT/labels/<split>/<same stem>.png      optional; if the folder exists every image needs its label;
-                                             class ids 0..n-1, 255 unlabelled
-    ROOT/classes.txt                         optional, one class name a line (sets n_classes)
-
-Five-crop output (written by `stego data fivecrop`)::
-
-    ROOT/cropped/<name>_five_crop_<ratio>/img/<split>/<index>.jpg
-    ROOT/cropped/<name>_five_crop_<ratio>/label/<split>/<index>.png     label + 1, 0 = ignore
-
-    <name> is the release's: "cocostuff27", "cityscapes" (for cityscapes27), "potsdam", else the dataset name.
+The on-disk layouts (the authors' release's, so its folders work as they are) are documented in docs/data.md
+("Layouts"): ROOT/cocostuff/, ROOT/cityscapes/, ROOT/potsdam/, ROOT/images/ (your own images), ROOT/cropped/.
 
 Every reader returns labels as int64 with IGNORE (-1) for unlabelled pixels. Bad input (missing, corrupt or
 truncated file, label out of range, image/label size mismatch, missing list entry, empty split) raises a
@@ -59,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stego.data import mappings
-from stego.data.commands import check_command, fivecrop_command
+from stego.data.commands import check_command, download_hint, fivecrop_command
 from stego.data.transforms import SegTransform, default_transform
 from stego.data.files import (CorruptFileError, DataFileError, DirListing, EmptySplitError, Item, LabelRangeError,
                               MissingDataError, SizeMismatchError, only_valid_8bit, ranges_text, read_id_list,
@@ -83,7 +43,7 @@ class SegmentationDataset(Dataset):
     n_classes = None
     class_names = None
     cropped = False
-    get_it = "see the layouts in stego/data/datasets.py"
+    get_it = "see the layouts in docs/data.md"
     repair = "replace it with an intact copy from the original download"
 
     def __init__(self, items, split, *, lut, valid, root, transform=None, skip_bad=False):
@@ -236,13 +196,14 @@ class CocoStuff27(SegmentationDataset):
     name = "cocostuff27"
     n_classes = 27
     class_names = mappings.COCO_27_NAMES
-    get_it = ("get COCO 2017 images (images.cocodataset.org/zips/{train,val}2017.zip), stuffthingmaps_trainval2017"
+    manual = ("get COCO 2017 images (images.cocodataset.org/zips/{train,val}2017.zip), stuffthingmaps_trainval2017"
               ".zip (github.com/nightrome/cocostuff) and the curated lists (the STEGO release's cocostuff.zip) "
-              "into ROOT/cocostuff/ as stego/data/datasets.py documents")
+              "into ROOT/cocostuff/ as docs/data.md documents")
     SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
     DEFAULT_LISTS = {"train": "Coco164kFull_Stuff_Coarse.txt", "val": "Coco164kFull_Stuff_Coarse_7.txt"}
 
     def __init__(self, root, split, list_name=None, transform=None, skip_bad=False):
+        self.get_it = download_hint(self.name, root, self.manual)
         if split not in self.SPLIT_DIRS:
             raise _unknown_split(self.name, split, self.SPLIT_DIRS)
         base, folder = Path(root) / "cocostuff", self.SPLIT_DIRS[split]
@@ -259,10 +220,11 @@ class Cityscapes27(SegmentationDataset):
     name = "cityscapes27"
     n_classes = 27
     class_names = mappings.CITYSCAPES_27_NAMES
-    get_it = ("get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from www.cityscapes-dataset.com "
-              "(or the STEGO release's cityscapes.zip) into ROOT/cityscapes/ as stego/data/datasets.py documents")
+    manual = ("get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from www.cityscapes-dataset.com "
+              "(or the STEGO release's cityscapes.zip) into ROOT/cityscapes/ as docs/data.md documents")
 
     def __init__(self, root, split, transform=None, skip_bad=False):
+        self.get_it = download_hint(self.name, root, self.manual)
         base = Path(root) / "cityscapes"
         img_dir = base / "leftImg8bit" / split
         if not img_dir.is_dir():
@@ -284,8 +246,8 @@ class Potsdam3(SegmentationDataset):
     name = "potsdam3"
     n_classes = 3
     class_names = mappings.POTSDAM_3_NAMES
-    get_it = ("get the IIC Potsdam tiles (the STEGO release's potsdam.zip) into ROOT/potsdam/ as "
-              "stego/data/datasets.py documents")
+    manual = ("get the IIC Potsdam tiles (the STEGO release's potsdam.zip) into ROOT/potsdam/ as "
+              "docs/data.md documents")
     SPLITS = {
         "train": ("labelled_train.txt",),
         "val": ("labelled_test.txt",),
@@ -296,6 +258,7 @@ class Potsdam3(SegmentationDataset):
     }
 
     def __init__(self, root, split, transform=None, skip_bad=False):
+        self.get_it = download_hint(self.name, root, self.manual)
         if split not in self.SPLITS:
             raise _unknown_split(self.name, split, self.SPLITS)
         base = Path(root) / "potsdam"

@@ -113,7 +113,7 @@ def download(dataset, root, source="release", mirror=None, options=FetchOptions(
     if missing:
         raise StegoError(f"{dataset}: the {source} files are in place but {missing[0]} is missing"
                          f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, so they do not hold "
-                         "the layout stego/data/datasets.py expects; " + (ctx.alternative or "see docs/download.md"))
+                         "the layout docs/data.md describes; " + (ctx.alternative or "see docs/download.md"))
     return root / FOLDERS[dataset]
 
 
@@ -122,7 +122,7 @@ def add_cli(data_subparsers):
     p = data_subparsers.add_parser(
         "download", help="download a dataset into the layout the readers expect (verified, resumable)",
         description="Download a dataset's archives into ROOT/downloads/, verify them, and unpack them into the "
-                    "layout of stego/data/datasets.py. Re-running resumes and skips finished steps.")
+                    "layout docs/data.md describes. Re-running resumes and skips finished steps.")
     p.add_argument("dataset", choices=sorted(FOLDERS))
     p.add_argument("--root", required=True, type=Path, help="data root")
     p.add_argument("--source", choices=("release", "official"), default="release",
