@@ -7,22 +7,26 @@ stand-in for a good self-supervised backbone); ResNet-50s (supervised, MoCo v2) 
 two-block ViT, seeded, the stand-in for a different, weaker backbone). Released checkpoints do not exist here:
 a 'release' row trains its release preset at toy scale instead. Toy runs test the pipeline, not paper numbers.
 """
+import math
 from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from stego.backbones import BACKBONES, Backbone, BackboneSpec, register_backbone
+from stego.backbones import BACKBONES, Backbone, BackboneSpec, build_backbone, register_backbone, spec_of
 from stego.config import Config, from_dict, set_dotted
 from stego.data.fivecrop import five_crop
 from stego.data.synthetic import SceneSpec, make_scenes
+from stego.projection import FIXED
 
 SPEC = SceneSpec(n_classes=5, n_train=16, n_val=4, size=64)
 """The toy world: 16 training scenes (80 five-crops), 4 validation scenes, 5 classes."""
 SEED = 0
 
 BACKBONE_MAP = {"dino_vits8": "filterbank", "dino_vitb8": "filterbank", "dino_vits16": "filterbank",
-                "dino_vitb16": "filterbank", "mocov2_r50": "toy_vit", "r50_supervised": "toy_vit"}
+                "dino_vitb16": "filterbank", "dinov2_vits14": "filterbank", "dinov2_vitb14": "filterbank",
+                "dinov3_vits16": "filterbank", "dinov3_vitb16": "filterbank", "mocov2_r50": "toy_vit",
+                "r50_supervised": "toy_vit"}
 
 SETTINGS = {
     "data.dataset": "synthetic", "data.res": 32, "data.workers": 0, "data.knn_k": 8, "data.n_classes": SPEC.n_classes,
@@ -33,6 +37,12 @@ SETTINGS = {
 }
 """Sizes of a toy run; everything else comes from the row's config."""
 TOY_DIM = 8
+
+
+def toy_dim(dim: int, channels: int, toy_channels: int) -> int:
+    """A reduction's dimension on the toy backbone: the same place on a log scale between 1 and the channels
+    (a 90-of-768 reduction becomes 7 of 19), so a dimension sweep keeps its order and spread."""
+    return max(1, min(toy_channels, round(toy_channels ** (math.log(dim) / math.log(channels)))))
 VAL_EVERY = 1
 
 
@@ -72,8 +82,12 @@ def toy_config(cfg: Config, root, select_on_val: bool = False) -> Config:
     for key, value in SETTINGS.items():
         set_dotted(values, key, value)
     set_dotted(values, "data.root", str(root))
-    set_dotted(values, "model.backbone", BACKBONE_MAP.get(cfg.model.backbone, cfg.model.backbone))
-    if cfg.model.projection != "none":
+    toy_backbone = BACKBONE_MAP.get(cfg.model.backbone, cfg.model.backbone)
+    set_dotted(values, "model.backbone", toy_backbone)
+    if cfg.model.projection in FIXED:
+        toy_channels = build_backbone(toy_backbone, "random").dim  # the filter bank's width is set at build time
+        set_dotted(values, "model.dim", toy_dim(cfg.model.dim, spec_of(cfg.model.backbone).dim, toy_channels))
+    elif cfg.model.projection != "none":
         set_dotted(values, "model.dim", TOY_DIM)
     if select_on_val:
         set_dotted(values, "train.select_on_val", True)

@@ -19,6 +19,7 @@ from stego.records import slug
 
 from .figures import run_figures
 from .runs import group_rows, load_records
+from .sweeps import dimension_figure
 from .tables import _number, markdown, probes_table, results_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
                      "k/n ✓: k of n seeds within).")
     lines += [" ".join(notes), ""] if notes else []
     lines += row_notes(rows, many)
+    sweep = folder / "figures" / "dimension_sweep.png"
+    if dimension_figure(rows, sweep):
+        lines += ["## Dimension sweep", "", "Cluster mIoU of raw features reduced by PCA or a random projection, "
+                  "against the dimension (log scale); the raw features' own score as a dotted line; STEGO at its code "
+                  "dimension as a star.", "", f"![dimension sweep]({quote(os.path.relpath(sweep, out_dir))})", ""]
     lines += ["## All probes", "", *_table(probes_table(rows, many), folder / "probes.csv", out_dir),
               "## Environment", "", *environment(runs), "", "## Runs", ""]
     run_lines, run_dirs = _runs_table(rows, many, table, out_dir)

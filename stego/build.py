@@ -56,8 +56,9 @@ def backbone_for(cfg: Config, state_dict=None):
     return build_backbone(cfg.model.backbone, weights=weights, seed=cfg.train.seed)
 
 
-def train_dataset(cfg: Config, split: str = "train"):
-    """The training split: its five-crops (refused when their source images changed since) or whole images."""
+def train_dataset(cfg: Config, split: str = "train", labels: bool = True):
+    """The training split: its five-crops (refused when their source images changed since) or whole images;
+    labels=False never opens a label file (every pixel comes back ignored)."""
     _require_synthetic(cfg, split)
     name, options, five = reader_name(cfg), reader_options(cfg), cfg.data.crop == "five"
     if five:
@@ -65,7 +66,7 @@ def train_dataset(cfg: Config, split: str = "train"):
                                    n_classes=cfg.data.n_classes if name == "imagefolder" else None)
         check_crops_current(cropped_dir(cfg.data.root, name, cfg.data.crop_ratio), split, rebuild)
     return build_dataset(name, cfg.data.root, split, res=cfg.data.res, crop=five, crop_ratio=cfg.data.crop_ratio,
-                         **options)
+                         labels=labels, **options)
 
 
 def val_dataset(cfg: Config, split: str = "val"):

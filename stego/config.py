@@ -17,7 +17,7 @@ import yaml
 from .errors import MissingFileError, StegoError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PROJECTIONS = ("nonlinear", "linear", "none")
+PROJECTIONS = ("nonlinear", "linear", "none", "pca", "random")
 POINTWISE = ("release", "paper", "off")
 CROPS = ("five", "none")
 

@@ -22,6 +22,7 @@ from .data.batches import ByEpoch, ResumableBatches
 from .errors import StegoError
 from .io import folder_lock
 from .loss import CorrespondenceLoss
+from .projection import FIXED, fit_projection
 from .runs import RunDir
 from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device,
                       set_threads, worker_count)
@@ -105,15 +106,21 @@ def resume_state(run: RunDir, cfg: Config, resume: bool) -> dict | None:
     return state
 
 
-def build_parts(cfg: Config, device: torch.device) -> Parts:
-    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use)."""
+def build_parts(cfg: Config, device: torch.device, fresh: bool = True, labels: bool = True) -> Parts:
+    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use); a fixed
+    projection (model.projection pca / random) is fitted on the training features when `fresh` (a resumed run
+    loads it from its checkpoint). labels=False trains without opening a label file (the linear probe learns
+    nothing)."""
     t = cfg.train
     backbone = build.backbone_for(cfg).to(device)
-    dataset = build.train_dataset(cfg)
+    dataset = build.train_dataset(cfg, labels=labels)
     if not dataset.n_classes:
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     torch.manual_seed(t.seed)
     model = build.model_for(cfg, backbone.dim, dataset.n_classes).to(device)
+    if fresh and cfg.model.projection in FIXED:
+        fit_projection(cfg.model.projection, model.head.fixed, backbone, dataset, t.seed, t.batch_size,
+                       worker_count(cfg.data.workers), device)
     optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
                   torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
     head_params = list(model.head.parameters())
@@ -228,7 +235,7 @@ def loop(cfg: Config, run: RunDir, parts: Parts, progress: Progress, stop: int, 
 
 
 def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None, validate=None,
-          should_stop=None) -> Path:
+          should_stop=None, labels: bool = True) -> Path:
     """Train the head and probes into the run folder `out_dir` (stego.runs.RunDir names its files).
 
     stop_at: end after this many iterations as if interrupted (tests; a later resume continues).
@@ -237,6 +244,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     should_stop: optional callable() -> bool read after each step (e.g. a `runtime.StopRequest` set by SLURM's
     end-of-time signal); when true on any rank, the step's checkpoint is saved and TrainingStopped is raised.
     A validation that is due or running then is owed: the checkpoint says so and resume runs it first.
+    labels: False for label-free work (stego tune-shifts): no label file is opened, the linear probe stays untrained.
     Returns the checkpoint to evaluate (RunDir.evaluated).
     """
     run = RunDir(out_dir)
@@ -247,7 +255,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         state = resume_state(run, cfg, resume)
         if rank == 0:
             save_config(cfg, run.config)
-        parts = build_parts(cfg, device)
+        parts = build_parts(cfg, device, fresh=state is None, labels=labels)
         progress = restore(parts, state, validate is not None)
         validation = Validation(validate, run, cfg, parts, progress, rank, should_stop) if validate else None
         if state is not None:

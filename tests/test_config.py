@@ -80,7 +80,7 @@ def test_numbers_are_typed_by_their_field():
 
 
 BAD_VALUES = [
-    ("model.projection=foo", "model.projection must be one of nonlinear, linear, none, got 'foo'"),
+    ("model.projection=foo", "model.projection must be one of nonlinear, linear, none, pca, random, got 'foo'"),
     ("model.projection=lineer", "did you mean 'linear'?"),
     ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
     ("model.dim=0", "model.dim must be at least 1, got 0"),
