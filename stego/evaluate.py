@@ -19,7 +19,7 @@ from .errors import StegoError
 from .inference import crf_pool, crf_refine, predict_log_probs
 from .io import writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
-from .runtime import pick_device, worker_count
+from .runtime import pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
-            cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])
+            cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:],
+                                                      cfg.train.precision)
             timings["network"] += time.perf_counter() - start
             confusions["cluster"].update(cluster_lp.argmax(1), labels)
             confusions["linear"].update(linear_lp.argmax(1), labels)
@@ -105,9 +106,10 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     started = time.perf_counter()
     out_path = writable_file(out_path, "--record")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
-    dataset = build.val_dataset(cfg, split)
+    dataset = build.val_dataset(cfg, split, model.n_classes)
     check_scorable(dataset, model.n_classes, cfg, split, checkpoint)
     device = pick_device(cfg.train.device)
+    set_tf32(device, cfg.train.precision)
     model, backbone = model.to(device), backbone.to(device)
     metrics = evaluate(model, backbone, dataset, cfg, device, crf=crf)
     record = records.EvalRecord(name=cfg.name, config=cfg.to_dict(), checkpoint=str(checkpoint), split=split,

@@ -11,10 +11,10 @@ from .runtime import autocast, worker_count
 
 
 @torch.no_grad()
-def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
-    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA)."""
-    device = images.device
-    with autocast(device):
+def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA); the
+    backbone runs in `precision` (train.precision)."""
+    with autocast(images.device, precision):
         feats = backbone(torch.cat([images, images.flip(dims=[3])])).float()
     code = model.head(feats)[1]
     b = images.shape[0]
@@ -22,9 +22,11 @@ def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_log_probs(model, backbone, images: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code."""
-    code = F.interpolate(tta_code(model, backbone, images), size=size, mode="bilinear", align_corners=False)
+def predict_log_probs(model, backbone, images: torch.Tensor, size, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code (backbone in
+    `precision`)."""
+    code = F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
+                         align_corners=False)
     return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .errors import StegoError
+from .runtime import autocast, pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +119,17 @@ def spherical_kmeans(x: Tensor, k: int, restarts: int = 5, iterations: int = 100
 
 @torch.no_grad()
 def sample_features(backbone, dataset, max_rows: int = 200_000, batch_size: int = 32, workers: int = 0,
-                    seed: int = 0, device=None) -> Tensor:
-    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images, an equal seeded share of each image's grid."""
+                    seed: int = 0, device=None, *, precision: str) -> Tensor:
+    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images (backbone in `precision`), an equal seeded
+    share of each image's grid."""
     device = device or torch.device("cpu")
     per_image = max(1, math.ceil(max_rows / len(dataset)))
     generator = torch.Generator().manual_seed(seed)
     rows = []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     for batch in tqdm(loader, desc="k-means features", leave=False):
-        feats = backbone(batch["img"].to(device)).float().cpu()
+        with autocast(device, precision):
+            feats = backbone(batch["img"].to(device)).float().cpu()
         b, c, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)
         for f in flat:
@@ -146,9 +149,9 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
     """
     from . import build
     from .evaluate import evaluate
-    from .runtime import pick_device, worker_count
 
     device = device or pick_device(cfg.train.device)
+    set_tf32(device, cfg.train.precision)
     backbone = build.backbone_for(cfg).to(device)
     train_set = build.train_dataset(cfg)
     n_classes = train_set.n_classes
@@ -156,7 +159,7 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     k = n_classes + cfg.model.extra_clusters
     feats = sample_features(backbone, train_set, max_rows, cfg.eval.batch_size, worker_count(cfg.data.workers), seed,
-                            device)
+                            device, precision=cfg.train.precision)
     fit = spherical_kmeans(feats, k, restarts=restarts, seed=seed)
     log.info("raw-feature k-means: %d rows of dim %d, k=%d, objective %.4f per row", feats.shape[0],
              feats.shape[1], k, fit.objective / feats.shape[0])

@@ -2,7 +2,7 @@
 
 | kind | written by | what |
 |---|---|---|
-| train_summary | stego.train | iterations done, best validation, time, world size |
+| train_summary | stego.train | iterations done, best validation, time, world size, precision |
 | eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with and without CRF), its analysis files |
 | benchmark | benchmarks.runner | one paper-table row and seed: the paper's numbers, the measured ones, the verdicts |
 | hyperparameters | benchmarks.runner | paper Table 6 rendered from the presets |
@@ -70,6 +70,8 @@ class TrainSummary:
     select_on_val: bool
     world_size: int
     effective_batch: int
+    precision: str | None = None
+    """train.precision of the run (None in summaries written before the setting existed)."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .loss import CorrespondenceLoss
 from .projection import FIXED, fit_projection
 from .runs import RunDir
 from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device,
-                      set_threads, worker_count)
+                      set_tf32, set_threads, worker_count)
 from .tracking import correlation_histograms, log_row, tracker
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,13 @@ def restore(parts: Parts, state: dict | None, can_validate: bool) -> Progress:
     return Progress(state["iteration"], best, bool(state.get("validation_owed", False)) and can_validate)
 
 
-def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool):
-    """One iteration: one backbone forward for anchors and partners, the three loss terms, both probes."""
+def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool, precision: str):
+    """One iteration: one backbone forward (in `precision`, train.precision) for anchors and partners, the three
+    loss terms, both probes."""
     img = batch["img"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     images = torch.cat([img, batch["img_pos"].to(device, non_blocking=True)]) if distil else img
-    with autocast(device):
+    with autocast(device, precision):
         feats = backbone(images)
     teacher, code = model(feats.float())
     b = img.shape[0]
@@ -210,7 +211,8 @@ def loop(cfg: Config, run: RunDir, parts: Parts, progress: Progress, stop: int, 
             torch.manual_seed(iteration_seed(t.seed, it))
             generator = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
             out, linear_loss, cluster_loss = train_step(batch, parts.backbone, parts.model, loss_fn,
-                                                        parts.optimizers, device, generator, parts.distil)
+                                                        parts.optimizers, device, generator, parts.distil,
+                                                        t.precision)
             it += 1
             now = due(it, stop, t)
             if now["log"]:
@@ -251,6 +253,7 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     rank, world = distributed()
     with folder_lock(run.path) if rank == 0 else contextlib.nullcontext():
         device = pick_device(cfg.train.device)
+        set_tf32(device, cfg.train.precision)
         set_threads(cfg.train.threads)
         state = resume_state(run, cfg, resume)
         if rank == 0:
@@ -271,13 +274,14 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         t = cfg.train
         if rank == 0:
             log.info("training %s: %d images, %d classes, backbone %s (dim %d), batch %d × %d process(es) = %d, "
-                     "iterations %d → %d on %s", cfg.name, len(parts.dataset), parts.dataset.n_classes,
+                     "iterations %d → %d on %s in %s", cfg.name, len(parts.dataset), parts.dataset.n_classes,
                      cfg.model.backbone, parts.backbone.dim, t.batch_size, world, t.batch_size * world,
-                     progress.start, stop, device)
+                     progress.start, stop, device, t.precision)
         began = time.perf_counter()
         it = loop(cfg, run, parts, progress, stop, validation, should_stop, rank, world, device)
         if rank == 0:
             records.write(records.TrainSummary(iterations=it, seconds=time.perf_counter() - began,
                                                best=progress.best, select_on_val=t.select_on_val, world_size=world,
-                                               effective_batch=t.batch_size * world), run.summary)
+                                               effective_batch=t.batch_size * world, precision=t.precision),
+                          run.summary)
     return run.evaluated(cfg.train.select_on_val)

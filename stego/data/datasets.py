@@ -24,6 +24,7 @@ from stego.data.transforms import SegTransform, default_transform
 from stego.data.files import (CorruptFileError, DataFileError, DirListing, EmptySplitError, Item, LabelRangeError,
                               MissingDataError, SizeMismatchError, only_valid_8bit, ranges_text, read_id_list,
                               read_label_png, read_mat, read_rgb, value_runs)
+from stego.constants import IGNORE
 from stego.errors import StegoError
 from stego.io import atomic_save_json
 
@@ -45,6 +46,8 @@ class SegmentationDataset(Dataset):
     cropped = False
     get_it = "see the layouts in docs/data.md"
     repair = "replace it with an intact copy from the original download"
+    relabel = None
+    """The fix for label values outside the dataset's (None: `repair`)."""
 
     def __init__(self, items, split, *, lut, valid, root, transform=None, skip_bad=False, labels=True):
         self.split, self.root = split, root
@@ -54,6 +57,8 @@ class SegmentationDataset(Dataset):
         """False: label files are never opened, not even looked for (label-free work such as stego tune-shifts)."""
         self._lut, self._valid = lut, valid
         self._invalid_runs = value_runs(~valid)
+        classes, unlabelled = ranges_text(valid & (lut != IGNORE)), ranges_text(valid & (lut == IGNORE))
+        self._allowed = f"{classes} (classes)" + (f" and {unlabelled} (unlabelled)" if unlabelled else "")
         self._skipped = {}
         self.items = self._resolve(items)
         if not self.items:
@@ -130,8 +135,8 @@ class SegmentationDataset(Dataset):
         if bad.any():
             values = np.unique(raw[bad])
             shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-            raise LabelRangeError(path, f"label values out of range: {shown} (allowed: "
-                                        f"{ranges_text(self._valid)})", self._bad_fix())
+            raise LabelRangeError(path, f"holds label values {shown}, outside {self._allowed}",
+                                  f"{self.relabel or self.repair}; {self._skip_hint()}")
         return self._lut[raw]
 
     def load(self, i, raw_8bit=False):
@@ -306,6 +311,8 @@ class ImageFolder(SegmentationDataset):
     get_it = ("put images in ROOT/images/<split>/ and, optionally, a label for every one of them in "
               "ROOT/labels/<split>/<stem>.png (delete that folder for an unlabelled split)")
     repair = "fix or replace the file (labels: one class id per pixel, 255 unlabelled, the size of its image)"
+    relabel = ("map them to class ids or 255 (unlabelled), or declare more classes (data.n_classes, one line each in "
+               "ROOT/classes.txt)")
 
     def __init__(self, root, split, n_classes=None, transform=None, skip_bad=False, labels=True):
         root = Path(root)
