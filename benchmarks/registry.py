@@ -13,6 +13,9 @@ from .rows import RERUN_SOURCE, BenchmarkRow, baseline, cited, paper, release, s
 TABLES = ("table1", "table2", "table3", "table4", "table5", "rerun", "beyond", "dimsweep", "koenig")
 """The paper's tables, the independent re-run, and three of this suite's own (modern backbones, the
 dimensionality-reduction sweep and the Koenig-style comparison: benchmarks/beyond.py)."""
+PAPER_TABLES = TABLES[:6]
+"""The paper's Tables 1–5 and the re-run: the rows whose backbones (DINO ViT-S/8, ViT-B/8, ResNet-50) the GPU
+speed check measures and projects."""
 
 NO_CRF = ("eval.crf=false",)
 VITS = "cocostuff27_vits8_paper"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import runner
-from benchmarks.registry import REGISTRY, TABLES
+from benchmarks.registry import PAPER_TABLES, REGISTRY
 from stego.backbones import build_backbone
 from stego.io import atomic_save_json
 from stego.records import versions
@@ -83,7 +83,7 @@ def _rate_of(results, stage, arch, **match):
 
 
 def project(results: list, sizes: Sizes, mode: str = DEFAULT_PRECISION) -> list:
-    """Projected wall time of each paper table's full run (one seed) from the measured rates.
+    """Projected wall time of each paper table's full run (one seed; Tables 1–5 and the re-run) from the measured rates.
 
     Per table: every distinct training (rows that differ only in evaluation share one, as the runner does) runs
     its preset's iterations at the measured it/s of its architecture in `mode` (default: train.precision's),
@@ -96,7 +96,7 @@ def project(results: list, sizes: Sizes, mode: str = DEFAULT_PRECISION) -> list:
     knn = _measured(results, "knn")
     crf_rate = _measured(results, "crf")["rate"]
     out = []
-    for table in TABLES:
+    for table in PAPER_TABLES:
         trainings, minings, evals = {}, {}, {}
         for row in REGISTRY[table]:
             if row.cited:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.registry import TABLES
+from benchmarks.registry import PAPER_TABLES
 from stego.config import PRECISIONS
 
 from . import gpu_check
@@ -39,7 +39,7 @@ def test_tiny_check_runs_on_cpu(tmp_path):
     assert all(r["agreement_with_fp32"] == 1.0 for r in results if r["stage"] == "eval")
     for r in results:
         assert r["rate"] > 0 and r["bound"] > 0, r
-    assert [p["table"] for p in report["projections"]] == list(TABLES)
+    assert [p["table"] for p in report["projections"]] == list(PAPER_TABLES)
     assert all(p["total_s"] > 0 for p in report["projections"])
     assert [t["status"] for t in report["targets"]] == ["not checked (not an H100)"]
 
