@@ -31,7 +31,8 @@ from stego.stats import PROBE_PROTOCOL
 from stego.train import train
 
 from . import toy
-from .registry import REGISTRY, TABLE6_PAPER, BenchmarkRow, row as find_row, table6
+from .registry import REGISTRY, TABLE6_PAPER, row as find_row, table6
+from .rows import BenchmarkRow
 
 log = logging.getLogger(__name__)
 

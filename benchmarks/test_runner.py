@@ -149,7 +149,7 @@ def test_a_record_of_another_scale_is_an_error(tmp_path):
 def test_table6_record_is_written(tmp_path):
     saved = json.loads(runner.write_table6(tmp_path).read_text())
     presets = {r["preset"]: r for r in saved["rows"]}
-    assert presets["cityscapes27_release"]["lambda_rand"] == pytest.approx(0.9059)
+    assert presets["cityscapes27_release"]["lambda_rand"] == 0.9058762625226623
     assert presets["cocostuff27_paper"]["paper"]["b_knn"] == pytest.approx(0.2)
 
 

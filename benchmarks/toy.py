@@ -13,16 +13,18 @@ seeded random-init two-block ViT, a different, weaker backbone). A 'release' row
 scale (no released files here). Toy runs test the pipeline and the directions of the large effects, never the
 paper's numbers.
 """
+import math
 from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from stego.backbones import BACKBONES, Backbone, BackboneSpec, register_backbone
+from stego.backbones import BACKBONES, Backbone, BackboneSpec, build_backbone, register_backbone, spec_of
 from stego.config import Config, from_dict, load_config, set_dotted
 from stego.data.fivecrop import five_crop
 from stego.data.synthetic import make_scenes
 from stego.demo import SCENES
+from stego.projection import FIXED
 
 SPEC = SCENES
 """The demo's scenes: 300 training scenes of 96 px (1,500 five-crops of 48 px), 50 validation scenes, 5 classes."""
@@ -31,7 +33,9 @@ WORLD = "synthetic_demo"
 """The preset whose values (WORLD_KEYS) a toy row takes: the demo's, tuned for this world."""
 
 BACKBONE_MAP = {"dino_vits8": "filterbank", "dino_vitb8": "filterbank", "dino_vits16": "filterbank",
-                "dino_vitb16": "filterbank", "mocov2_r50": "toy_vit", "r50_supervised": "toy_vit"}
+                "dino_vitb16": "filterbank", "dinov2_vits14": "filterbank", "dinov2_vitb14": "filterbank",
+                "dinov3_vits16": "filterbank", "dinov3_vitb16": "filterbank", "mocov2_r50": "toy_vit",
+                "r50_supervised": "toy_vit"}
 
 WORLD_KEYS = ("data.res", "data.knn_k", "model.weights", "model.dim", "loss.lambda_self", "loss.lambda_knn",
               "loss.lambda_rand", "loss.b_self", "loss.b_knn", "loss.b_rand", "loss.feature_samples",
@@ -49,6 +53,12 @@ demo's 600 at 32, with three times its learning rate (at 1e-3 the head had not p
 docs/benchmarks.md has the measurements), three cluster-probe restarts instead of five."""
 VAL_EVERY = 100
 """Validation interval of toy runs that select their checkpoint on validation."""
+
+
+def toy_dim(dim: int, channels: int, toy_channels: int) -> int:
+    """A reduction's dimension on the toy backbone: the same place on a log scale between 1 and the channels
+    (a 90-of-768 reduction becomes 7 of 19), so a dimension sweep keeps its order and spread."""
+    return max(1, min(toy_channels, round(toy_channels ** (math.log(dim) / math.log(channels)))))
 
 
 class ToyViT(Backbone):
@@ -95,7 +105,11 @@ def toy_config(cfg: Config, root, select_on_val: bool = False) -> Config:
     for key, value in SETTINGS.items():
         set_dotted(values, key, value)
     set_dotted(values, "data.root", str(root))
-    set_dotted(values, "model.backbone", BACKBONE_MAP.get(cfg.model.backbone, cfg.model.backbone))
+    toy_backbone = BACKBONE_MAP.get(cfg.model.backbone, cfg.model.backbone)
+    set_dotted(values, "model.backbone", toy_backbone)
+    if cfg.model.projection in FIXED:
+        toy_channels = build_backbone(toy_backbone, "random").dim  # the filter bank's width is set at build time
+        set_dotted(values, "model.dim", toy_dim(cfg.model.dim, spec_of(cfg.model.backbone).dim, toy_channels))
     if select_on_val:
         set_dotted(values, "train.select_on_val", True)
         set_dotted(values, "train.val_every", VAL_EVERY)

@@ -20,6 +20,7 @@ from stego.records import slug
 from .ablations import ablation_section
 from .figures import overclustering_figure, run_figures
 from .runs import group_rows, load_records
+from .sweeps import dimension_figure
 from .tables import _number, markdown, probes_table, protocols_table, results_table, spread_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,10 @@ def _seconds(run):
 
 
 def _runs_table(rows, many: bool, table: str, out_dir: Path) -> tuple[list[str], dict]:
-    """The table of runs (checkpoint, images, time, commit, links) and each run's folder in the report."""
-    lines = ["| Row | Seed | Scale | Checkpoint | Images | Eval seconds | Commit | Record | Config |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The table of runs (precision, checkpoint, images, time, commit, links) and each run's folder in the report;
+    records from before train.precision existed show '—'."""
+    lines = ["| Row | Seed | Scale | Precision | Checkpoint | Images | Eval seconds | Commit | Record | Config |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     used, run_dirs = set(), {}
     for row in rows:
         for run in row.runs:
@@ -104,7 +106,8 @@ def _runs_table(rows, many: bool, table: str, out_dir: Path) -> tuple[list[str],
                     config_link += " · " + _link(target.resolve(), out_dir.resolve(), text)
             seconds = _seconds(run)
             selection = getattr(run.record, "checkpoint_selection", None) or "—"
-            lines.append(f"| {row.label(many)} | {run.seed} | {run.scale or '—'} | {selection} | "
+            precision = (run.config.get("train") or {}).get("precision", "—")
+            lines.append(f"| {row.label(many)} | {run.seed} | {run.scale or '—'} | {precision} | {selection} | "
                          f"{run.metrics.get('images', '—')} | {'—' if seconds is None else f'{seconds:.1f}'} | "
                          f"{str(run.record.git_commit or 'unknown')[:10]} | "
                          f"{_link(run.path.resolve(), out_dir.resolve(), run.path.name)} | {config_link} |")
@@ -170,6 +173,11 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
     ablation_lines, ablations = ablation_section(runs, folder, lambda target, alt: _image(target, out_dir, alt))
     if ablations is not None:
         lines += [*ablation_lines, *_table(ablations, folder / "ablations.csv", out_dir)]
+    sweep = folder / "figures" / "dimension_sweep.png"
+    if dimension_figure(rows, sweep):
+        lines += ["## Dimension sweep", "", "Cluster mIoU of raw features reduced by PCA or a random projection, "
+                  "against the dimension (log scale); the raw features' own score as a dotted line; STEGO at its code "
+                  "dimension as a star.", "", _image(sweep, out_dir, "dimension sweep"), ""]
     lines += ["## All probes", "", *_table(probes_table(rows, many), folder / "probes.csv", out_dir)]
     lines += _protocol_sections(rows, many, folder, out_dir)
     lines += ["## Environment", "", *environment(runs), "", "## Runs", ""]
@@ -186,11 +194,12 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
 
 
 def table6_report(path: Path, record, out_dir: Path) -> Path:
-    """Table 6: every preset's loss weights and shifts beside the paper's printed values (rounded to 2 decimals)."""
+    """Table 6: every preset's loss weights and shifts, each to its last digit, beside the paper's printed values
+    (rounded to 2 decimals)."""
     page, lines = out_dir / "table6.md", []
     columns = ["Preset", "Follows", "Dataset", "Backbone", "Dim", *TABLE6_KEYS, "Centering", "Batch", "Iterations"]
     presets = pd.DataFrame([[r["preset"], r["follows"], r["dataset"], r["backbone"], r["dim"],
-                             *[f"{r[k]:g}" for k in TABLE6_KEYS], r["pointwise"], r["batch_size"], r["iterations"]]
+                             *[repr(r[k]) for k in TABLE6_KEYS], r["pointwise"], r["batch_size"], r["iterations"]]
                             for r in record.rows], columns=columns)
     paper = pd.DataFrame([[dataset, *[f"{values[k]:.2f}" for k in TABLE6_KEYS]]
                           for dataset, values in sorted(record.paper.items())], columns=["Dataset", *TABLE6_KEYS])

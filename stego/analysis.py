@@ -224,7 +224,7 @@ def cluster_to_class(match, n_clusters: int, n_classes: int) -> np.ndarray:
     return lut
 
 
-def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, batch_size: int) -> list:
+def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, batch_size: int, precision: str) -> list:
     """Image, truth and predictions (cluster mapped to classes, linear, with CRF if on) of the first images."""
     n_clusters = model.cluster_probe.clusters.shape[0]
 
@@ -235,7 +235,7 @@ def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, bat
     loader = DataLoader(Subset(dataset, range(min(EXAMPLES, len(dataset)))), batch_size=batch_size)
     for batch in loader:
         images, labels = batch["img"].to(device), batch["label"]
-        cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])
+        cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:], precision)
         maps = {"truth": labels, "cluster": lut("cluster")[cluster_lp.argmax(1).cpu()],
                 "linear": linear_lp.argmax(1).cpu()}
         if crf:
@@ -254,12 +254,12 @@ def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, bat
 
 
 @torch.no_grad()
-def _pr_analysis(model, backbone, dataset, batch_size: int) -> dict:
+def _pr_analysis(model, backbone, dataset, batch_size: int, precision: str) -> dict:
     """`same_label_pr` over the first PR_IMAGES validation images (head code without flip TTA)."""
     device = next(model.parameters()).device
     feats, codes, labels = [], [], []
     for batch in DataLoader(Subset(dataset, range(min(PR_IMAGES, len(dataset)))), batch_size=batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             f = backbone(batch["img"].to(device)).float()
         feats.append(f.cpu())
         codes.append(model.head(f)[1].float().cpu())
@@ -307,8 +307,9 @@ def analyze_run(model, backbone, dataset, cfg, metrics: dict, record_path, check
                 "class_names": list(getattr(dataset, "class_names", None) or []) or None,
                 "settings": {"pr_images": PR_IMAGES, "pr_pairs": PR_PAIRS, "examples": EXAMPLES,
                              "knn_queries": KNN_QUERIES},
-                "pr": _pr_analysis(model, backbone, dataset, cfg.eval.batch_size),
-                "examples": _write_examples(model, backbone, dataset, metrics, out, crf, cfg.eval.batch_size),
+                "pr": _pr_analysis(model, backbone, dataset, cfg.eval.batch_size, cfg.train.precision),
+                "examples": _write_examples(model, backbone, dataset, metrics, out, crf, cfg.eval.batch_size,
+                                            cfg.train.precision),
                 **_knn_analyses(cfg, model.n_classes)}
     run = RunDir(Path(checkpoint).parent) if checkpoint is not None else None
     for key, source in (("train_log", run and run.log), ("code_corr_hist", run and run.histograms)):

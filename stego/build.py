@@ -20,8 +20,9 @@ def reader_name(cfg: Config) -> str:
     return "imagefolder" if cfg.data.dataset == "synthetic" else cfg.data.dataset
 
 
-def reader_options(cfg: Config) -> dict:
-    """Image folders take their class count from data.n_classes, else from ROOT/classes.txt (crops need it too)."""
+def reader_options(cfg: Config, n_classes: int | None = None) -> dict:
+    """Image folders take their class count from data.n_classes, else from ROOT/classes.txt (crops need it too),
+    else from `n_classes` (the probes' at evaluation, so labels outside them are refused at their file)."""
     if reader_name(cfg) != "imagefolder":
         return {}
     if cfg.data.n_classes:
@@ -29,7 +30,7 @@ def reader_options(cfg: Config) -> dict:
     classes = Path(cfg.data.root) / "classes.txt"
     if classes.is_file():
         return {"n_classes": sum(1 for line in classes.read_text().splitlines() if line.strip())}
-    return {}
+    return {"n_classes": n_classes} if n_classes else {}
 
 
 def class_names(cfg: Config, n: int) -> list[str]:
@@ -56,8 +57,9 @@ def backbone_for(cfg: Config, state_dict=None):
     return build_backbone(cfg.model.backbone, weights=weights, seed=cfg.train.seed)
 
 
-def train_dataset(cfg: Config, split: str = "train"):
-    """The training split: its five-crops (refused when their source images changed since) or whole images."""
+def train_dataset(cfg: Config, split: str = "train", labels: bool = True):
+    """The training split: its five-crops (refused when their source images changed since) or whole images;
+    labels=False never opens a label file (every pixel comes back ignored)."""
     _require_synthetic(cfg, split)
     name, options, five = reader_name(cfg), reader_options(cfg), cfg.data.crop == "five"
     if five:
@@ -65,12 +67,14 @@ def train_dataset(cfg: Config, split: str = "train"):
                                    n_classes=cfg.data.n_classes if name == "imagefolder" else None)
         check_crops_current(cropped_dir(cfg.data.root, name, cfg.data.crop_ratio), split, rebuild)
     return build_dataset(name, cfg.data.root, split, res=cfg.data.res, crop=five, crop_ratio=cfg.data.crop_ratio,
-                         **options)
+                         labels=labels, **options)
 
 
-def val_dataset(cfg: Config, split: str = "val"):
+def val_dataset(cfg: Config, split: str = "val", n_classes: int | None = None):
+    """The split scored at eval.res; `n_classes` (the probes') for an image folder that declares none."""
     _require_synthetic(cfg, split)
-    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res, **reader_options(cfg))
+    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res,
+                         **reader_options(cfg, n_classes))
 
 
 def knn_spec(cfg: Config, split: str = "train") -> TableSpec:
@@ -93,7 +97,8 @@ def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     if not Path(path).exists():
         log.info("no KNN table at %s yet: mining it now (once)", path)
     return mine_knn(backbone, dataset, path, meta, k=min(cfg.data.knn_k, len(dataset)),
-                    workers=worker_count(cfg.data.workers), min_k=need, root=cfg.data.root)
+                    workers=worker_count(cfg.data.workers), precision=cfg.train.precision, min_k=need,
+                    root=cfg.data.root)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

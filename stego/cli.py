@@ -99,7 +99,8 @@ def _presets(args) -> int:
 
     for name in list_presets():
         cfg = load_config(name)
-        print(f"{name:28s} follows {cfg.follows:8s} {cfg.data.dataset:13s} {cfg.model.backbone:12s} dim {cfg.model.dim}")
+        print(f"{name:28s} follows {cfg.follows:8s} {cfg.data.dataset:13s} {cfg.model.backbone:14s} "
+              f"dim {cfg.model.dim}")
     return 0
 
 
@@ -160,11 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default RESULTS/report)")
     p.set_defaults(func=_report)
 
-    from . import sweep
+    from . import sweep, tuning
     from .data import check, fivecrop, knn, synthetic
     from .download import data as download_data, weights as download_weights
 
     sweep.add_cli(sub)
+    tuning.add_cli(sub)
 
     check.add_cli(sub)
     group = check.data_subparsers(sub)

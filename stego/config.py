@@ -17,7 +17,7 @@ import yaml
 from .errors import MissingFileError, StegoError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PROJECTIONS = ("nonlinear", "linear", "none")
+PROJECTIONS = ("nonlinear", "linear", "none", "pca", "random")
 POINTWISE = ("release", "paper", "off")
 CROPS = ("five", "none")
 
@@ -102,7 +102,7 @@ class LossConfig:
 
     lambda_self: float = at_least(0.1, 0)
     lambda_knn: float = at_least(1.0, 0)
-    lambda_rand: float = at_least(0.1538, 0)
+    lambda_rand: float = at_least(0.1538476246415498, 0)
     b_self: float = 0.12
     b_knn: float = 0.2
     b_rand: float = 1.0
@@ -119,6 +119,7 @@ class LossConfig:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -140,6 +141,9 @@ class TrainConfig:
     """Keep the checkpoint with the best validation cluster mIoU instead of the last (the authors' practice)."""
     device: str = checked("auto", "auto, cpu, cuda, cuda:N or mps",
                           lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()), DEVICES)
+    precision: str = one_of("fp32", PRECISIONS)
+    """The backbone's arithmetic in training, evaluation, analysis and KNN mining, on every device: 'fp32' (the
+    release's; on CUDA with TF32 off) or 'bf16' autocast (faster on GPUs; TF32 allowed; docs/protocol.md §12)."""
     threads: int = at_least(0, 0)
     """CPU threads for torch (0: torch's default). Small CPU runs are faster on 1: extra threads only spin."""
     tensorboard: bool = False

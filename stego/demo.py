@@ -61,7 +61,7 @@ def examples(cfg, checkpoint, metrics: dict, n: int = EXAMPLES) -> list[dict]:
     images = torch.stack([it["img"] for it in items])
     labels = torch.stack([it["label"] for it in items])
     model.eval()
-    cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:])
+    cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:], cfg.train.precision)
     cluster_crf = None
     if cfg.eval.crf:
         pool = crf_pool(cfg)

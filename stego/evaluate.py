@@ -23,7 +23,7 @@ from .io import writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .refits import Refits, refit_probes
 from .runs import counts_file
-from .runtime import pick_device, set_threads, worker_count
+from .runtime import pick_device, set_tf32, set_threads, worker_count
 from .stats import ImageCountsBuilder
 from .uncertainty import cluster_spread, counts_json, intervals, protocol_of, protocols
 
@@ -63,7 +63,7 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
-            code = upsampled_code(model, backbone, images, labels.shape[-2:])
+            code = upsampled_code(model, backbone, images, labels.shape[-2:], cfg.train.precision)
             cluster_lp, linear_lp = probe_log_probs(model, code)
             predictions = {"cluster": cluster_lp.argmax(1), "linear": linear_lp.argmax(1)}
             refitted = [*zip(restarts, refits.restarts), *zip(over.values(), refits.overclustering.values())]
@@ -135,10 +135,11 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     started = time.perf_counter()
     out_path = writable_file(out_path, "--record")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
-    dataset = build.val_dataset(cfg, split)
+    dataset = build.val_dataset(cfg, split, model.n_classes)
     check_scorable(dataset, model.n_classes, cfg, split, checkpoint)
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads)
+    set_tf32(device, cfg.train.precision)
     model, backbone = model.to(device), backbone.to(device)
     refits = refit_probes(model, backbone, cfg, device)
     metrics, counts, refit_confusions = score_split(model, backbone, dataset, cfg, device, crf=crf, refits=refits)

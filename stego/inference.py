@@ -15,10 +15,10 @@ from .runtime import autocast, worker_count
 
 
 @torch.no_grad()
-def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
-    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA)."""
-    device = images.device
-    with autocast(device):
+def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA); the
+    backbone runs in `precision` (train.precision)."""
+    with autocast(images.device, precision):
         feats = backbone(torch.cat([images, images.flip(dims=[3])])).float()
     code = model.head(feats)[1]
     b = images.shape[0]
@@ -26,9 +26,11 @@ def tta_code(model, backbone, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def upsampled_code(model, backbone, images: torch.Tensor, size) -> torch.Tensor:
-    """The TTA code bilinearly upsampled to `size`: what every probe, refitted ones too, is scored on."""
-    return F.interpolate(tta_code(model, backbone, images), size=size, mode="bilinear", align_corners=False)
+def upsampled_code(model, backbone, images: torch.Tensor, size, precision: str) -> torch.Tensor:
+    """The TTA code (backbone in `precision`) bilinearly upsampled to `size`: what every probe, refitted ones too,
+    is scored on."""
+    return F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
+                         align_corners=False)
 
 
 @torch.no_grad()
@@ -37,9 +39,10 @@ def probe_log_probs(model, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
 
 
-def predict_log_probs(model, backbone, images: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code."""
-    return probe_log_probs(model, upsampled_code(model, backbone, images, size))
+def predict_log_probs(model, backbone, images: torch.Tensor, size, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code (backbone in
+    `precision`)."""
+    return probe_log_probs(model, upsampled_code(model, backbone, images, size, precision))
 
 
 def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torch.Tensor:
@@ -62,15 +65,17 @@ def crf_pool(cfg: Config):
 
 @torch.no_grad()
 def sample_features(backbone, dataset, max_rows: int = 200_000, batch_size: int = 32, workers: int = 0,
-                    seed: int = 0, device=None) -> torch.Tensor:
-    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images, an equal seeded share of each image's grid."""
+                    seed: int = 0, device=None, *, precision: str) -> torch.Tensor:
+    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images (backbone in `precision`), an equal seeded
+    share of each image's grid."""
     device = device or torch.device("cpu")
     per_image = max(1, math.ceil(max_rows / len(dataset)))
     generator = torch.Generator().manual_seed(seed)
     rows = []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     for batch in tqdm(loader, desc="sampling features", leave=False):
-        feats = backbone(batch["img"].to(device)).float().cpu()
+        with autocast(device, precision):
+            feats = backbone(batch["img"].to(device)).float().cpu()
         b, c, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)
         for f in flat:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .errors import StegoError
 from .inference import sample_features
+from .runtime import autocast, pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,9 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
     """
     from . import build
     from .evaluate import evaluate
-    from .runtime import pick_device, worker_count
 
     device = device or pick_device(cfg.train.device)
+    set_tf32(device, cfg.train.precision)
     backbone = build.backbone_for(cfg).to(device)
     train_set = build.train_dataset(cfg)
     n_classes = train_set.n_classes
@@ -134,7 +135,7 @@ def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int 
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     k = n_classes + cfg.model.extra_clusters
     feats = sample_features(backbone, train_set, max_rows, cfg.eval.batch_size, worker_count(cfg.data.workers), seed,
-                            device)
+                            device, precision=cfg.train.precision)
     fit = spherical_kmeans(feats, k, restarts=restarts, seed=seed)
     log.info("raw-feature k-means: %d rows of dim %d, k=%d, objective %.4f per row", feats.shape[0],
              feats.shape[1], k, fit.objective / feats.shape[0])

@@ -6,13 +6,16 @@ from torch import nn
 from .config import PROJECTIONS
 from .constants import IGNORE
 from .errors import StegoError
+from .projection import FIXED, FixedProjection
 
 
 class SegmentationHead(nn.Module):
     """Maps frozen backbone features [B, C, h, w] to (teacher features, code [B, D, h, w]).
 
-    Three independent `Dropout2d` masks, as released: one before the linear branch, one before the MLP branch,
-    one on the features handed to the loss as the teacher signal. Dropout acts in training mode only.
+    projection: 'nonlinear' (linear + MLP branch, the paper's), 'linear', 'none' (code = features), or a fixed
+    'pca' / 'random' map fitted once (stego.projection; nothing trainable, a baseline). Three independent
+    `Dropout2d` masks, as released: one before the linear branch, one before the MLP branch, one on the features
+    handed to the loss as the teacher signal. Dropout acts in training mode only.
     """
 
     def __init__(self, in_dim: int, dim: int, projection: str = "nonlinear", dropout: float = 0.1):
@@ -23,7 +26,9 @@ class SegmentationHead(nn.Module):
         self.in_dim = in_dim
         self.dim = in_dim if projection == "none" else dim
         self.dropout = nn.Dropout2d(p=dropout)
-        if projection != "none":
+        if projection in FIXED:
+            self.fixed = FixedProjection(in_dim, dim)
+        elif projection != "none":
             self.linear = nn.Conv2d(in_dim, dim, 1)
         if projection == "nonlinear":
             self.mlp = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, dim, 1))
@@ -31,6 +36,8 @@ class SegmentationHead(nn.Module):
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.projection == "none":
             code = feats
+        elif self.projection in FIXED:
+            code = self.fixed(feats)
         else:
             code = self.linear(self.dropout(feats))
             if self.projection == "nonlinear":

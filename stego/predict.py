@@ -22,7 +22,7 @@ from .checkpoint import load_for_eval
 from .inference import crf_pool, crf_refine, predict_log_probs
 from .figures import overlay, palette
 from .io import atomic_write, save_png, writable_folder
-from .runtime import pick_device
+from .runtime import pick_device, set_tf32
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def predict_images(checkpoint, images, out_dir, crf: bool = False, trusted: bool
     out = writable_folder(out_dir, "--out")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
     device = pick_device(cfg.train.device)
+    set_tf32(device, cfg.train.precision)
     model, backbone = model.to(device).eval(), backbone.to(device)
     n_clusters = model.cluster_probe.clusters.shape[0]
     names = {"cluster": [f"cluster {k}" for k in range(n_clusters)],
@@ -132,7 +133,8 @@ def predict_images(checkpoint, images, out_dir, crf: bool = False, trusted: bool
                 continue
             size = network_size(image.width, image.height, cfg.eval.res, backbone.patch)
             x = normalize(image_to_tensor(image.resize(size, Image.BILINEAR)))[None].to(device)
-            log_probs = dict(zip(PROBES, predict_log_probs(model, backbone, x, x.shape[-2:])))
+            log_probs = dict(zip(PROBES, predict_log_probs(model, backbone, x, x.shape[-2:],
+                                                           cfg.train.precision)))
             if crf:
                 log_probs = {probe: crf_refine(x, lp, pool).log() for probe, lp in log_probs.items()}
             rgb = np.asarray(image)

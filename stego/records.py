@@ -2,7 +2,7 @@
 
 | kind | written by | what |
 |---|---|---|
-| train_summary | stego.train | iterations done, best validation, time, world size |
+| train_summary | stego.train | iterations done, best validation, time, world size, precision |
 | eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with and without CRF), how sure they are, analysis files |
 | image_counts | stego.evaluate | the per-image confusion counts of an eval record's probes (its sidecar) |
 | benchmark | benchmarks.runner | one paper-table row and seed: the paper's numbers, the measured ones, the verdicts |
@@ -71,6 +71,8 @@ class TrainSummary:
     select_on_val: bool
     world_size: int
     effective_batch: int
+    precision: str | None = None
+    """train.precision of the run (None in summaries written before the setting existed)."""
 
 
 @dataclass
@@ -197,8 +199,33 @@ class DemoRecord:
     git_commit: str
 
 
+@dataclass
+class TuningRecord:
+    """What `stego tune-shifts` found: the shifts closest to the target correlations and every round's trace."""
+
+    KIND = "tuning"
+    FORMAT = 1
+    preset: str
+    config: dict
+    """The config the search started from."""
+    targets: dict
+    """Target mean code correlation per term (None: shift kept) and the tolerance."""
+    iterations: int
+    window: float
+    converged: bool
+    best_round: int
+    shifts: dict
+    correlations: dict
+    lambdas: dict
+    trace: list
+    """One entry per round: round, shifts, correlations (means of the log's last `window`), met."""
+    tuned_preset: str
+    versions: dict
+    git_commit: str
+
+
 SCHEMAS = {cls.KIND: cls for cls in (TrainSummary, EvalRecord, ImageCountsRecord, BenchmarkRecord, HyperparameterRecord,
-                                     DemoRecord)}
+                                     DemoRecord, TuningRecord)}
 
 
 def now() -> str:
@@ -218,8 +245,8 @@ def write(record, path) -> None:
 def from_dict(data, source: str = "record", kind: str | None = None):
     """A record object from its JSON object, checked against its schema."""
     if not isinstance(data, dict) or data.get("kind") not in SCHEMAS:
-        raise StegoError(f"{source}: not a record of this suite (kind {getattr(data, 'get', lambda k: None)('kind')!r}; "
-                         f"known: {', '.join(SCHEMAS)})")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise StegoError(f"{source}: not a record of this suite (kind {kind!r}; known: {', '.join(SCHEMAS)})")
     cls = SCHEMAS[data["kind"]]
     if kind is not None and cls.KIND != kind:
         raise StegoError(f"{source}: a {cls.KIND} record where a {kind} record was expected")

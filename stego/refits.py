@@ -52,12 +52,13 @@ def training_codes(model, backbone, cfg: Config, dataset, device) -> torch.Tenso
     model.eval()
 
     def encode(images):
-        with autocast(images.device):
+        with autocast(images.device, cfg.train.precision):
             feats = backbone(images).float()
         return model.head(feats)[1]
 
     return sample_features(encode, Subset(dataset, picked), REFIT_ROWS, cfg.eval.batch_size,
-                           worker_count(cfg.data.workers), refit_seed(cfg, _SAMPLE, 1), device)
+                           worker_count(cfg.data.workers), refit_seed(cfg, _SAMPLE, 1), device,
+                           precision="fp32")  # encode runs the backbone in train.precision, the head in fp32
 
 
 def fit_cluster_probes(codes: torch.Tensor, ks: list, seeds: list, steps: int, batch_rows: int, lr: float,

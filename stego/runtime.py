@@ -1,10 +1,11 @@
-"""Run-time plumbing shared by training and evaluation: device choice, threads and workers, seeding, distributed
-set-up and the ranks' agreement on stop requests."""
+"""Run-time plumbing shared by training and evaluation: device choice, precision (autocast, TF32), threads and
+workers, seeding, distributed set-up and the ranks' agreement on stop requests."""
 import os
 
 import torch
 import torch.distributed as dist
 
+from .config import PRECISIONS
 from .errors import StegoError
 
 
@@ -50,9 +51,26 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration) % (2**63 - 1)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (fused SDPA attention runs in bf16), a no-op on CPU where fp32 is the reference."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _checked_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise StegoError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def autocast(device, precision: str):
+    """Where the backbone runs (train.precision): 'fp32' as is, 'bf16' under bf16 autocast, on CUDA and the CPU
+    alike (so its effect can be measured without a GPU)."""
+    bf16 = _checked_precision(precision) == "bf16"
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def set_tf32(device, precision: str) -> None:
+    """The TF32 policy, set explicitly on CUDA (cuDNN's own default allows TF32): 'fp32' is true fp32, TF32 off
+    for matmuls and convolutions alike; 'bf16' allows TF32 for what runs outside autocast (head, loss, probes)."""
+    allow = _checked_precision(precision) == "bf16"
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
 
 
 STOP_CHECK_EVERY = 10

@@ -22,9 +22,10 @@ from .data.batches import ByEpoch, ResumableBatches
 from .errors import StegoError
 from .io import folder_lock
 from .loss import CorrespondenceLoss
+from .projection import FIXED, fit_projection
 from .runs import RunDir
 from .runtime import (agreed_stop, any_rank, autocast, average_gradients, distributed, iteration_seed, pick_device,
-                      set_threads, worker_count)
+                      set_tf32, set_threads, worker_count)
 from .tracking import correlation_histograms, log_row, tracker
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,21 @@ def resume_state(run: RunDir, cfg: Config, resume: bool) -> dict | None:
     return state
 
 
-def build_parts(cfg: Config, device: torch.device) -> Parts:
-    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use)."""
+def build_parts(cfg: Config, device: torch.device, fresh: bool = True, labels: bool = True) -> Parts:
+    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use); a fixed
+    projection (model.projection pca / random) is fitted on the training features when `fresh` (a resumed run
+    loads it from its checkpoint). labels=False trains without opening a label file (the linear probe learns
+    nothing)."""
     t = cfg.train
     backbone = build.backbone_for(cfg).to(device)
-    dataset = build.train_dataset(cfg)
+    dataset = build.train_dataset(cfg, labels=labels)
     if not dataset.n_classes:
         raise StegoError(f"{cfg.data.root}: the number of classes is unknown; write classes.txt or set data.n_classes")
     torch.manual_seed(t.seed)
     model = build.model_for(cfg, backbone.dim, dataset.n_classes).to(device)
+    if fresh and cfg.model.projection in FIXED:
+        fit_projection(cfg.model.projection, model.head.fixed, backbone, dataset, t.seed, t.batch_size,
+                       worker_count(cfg.data.workers), device)
     optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
                   torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
     head_params = list(model.head.parameters())
@@ -141,12 +148,13 @@ def restore(parts: Parts, state: dict | None, can_validate: bool) -> Progress:
     return Progress(state["iteration"], best, bool(state.get("validation_owed", False)) and can_validate)
 
 
-def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool):
-    """One iteration: one backbone forward for anchors and partners, the three loss terms, both probes."""
+def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool, precision: str):
+    """One iteration: one backbone forward (in `precision`, train.precision) for anchors and partners, the three
+    loss terms, both probes."""
     img = batch["img"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     images = torch.cat([img, batch["img_pos"].to(device, non_blocking=True)]) if distil else img
-    with autocast(device):
+    with autocast(device, precision):
         feats = backbone(images)
     teacher, code = model(feats.float())
     b = img.shape[0]
@@ -203,7 +211,8 @@ def loop(cfg: Config, run: RunDir, parts: Parts, progress: Progress, stop: int, 
             torch.manual_seed(iteration_seed(t.seed, it))
             generator = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
             out, linear_loss, cluster_loss = train_step(batch, parts.backbone, parts.model, loss_fn,
-                                                        parts.optimizers, device, generator, parts.distil)
+                                                        parts.optimizers, device, generator, parts.distil,
+                                                        t.precision)
             it += 1
             now = due(it, stop, t)
             if now["log"]:
@@ -228,7 +237,7 @@ def loop(cfg: Config, run: RunDir, parts: Parts, progress: Progress, stop: int, 
 
 
 def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None, validate=None,
-          should_stop=None) -> Path:
+          should_stop=None, labels: bool = True) -> Path:
     """Train the head and probes into the run folder `out_dir` (stego.runs.RunDir names its files).
 
     stop_at: end after this many iterations as if interrupted (tests; a later resume continues).
@@ -237,17 +246,19 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
     should_stop: optional callable() -> bool read after each step (e.g. a `runtime.StopRequest` set by SLURM's
     end-of-time signal); when true on any rank, the step's checkpoint is saved and TrainingStopped is raised.
     A validation that is due or running then is owed: the checkpoint says so and resume runs it first.
+    labels: False for label-free work (stego tune-shifts): no label file is opened, the linear probe stays untrained.
     Returns the checkpoint to evaluate (RunDir.evaluated).
     """
     run = RunDir(out_dir)
     rank, world = distributed()
     with folder_lock(run.path) if rank == 0 else contextlib.nullcontext():
         device = pick_device(cfg.train.device)
+        set_tf32(device, cfg.train.precision)
         set_threads(cfg.train.threads)
         state = resume_state(run, cfg, resume)
         if rank == 0:
             save_config(cfg, run.config)
-        parts = build_parts(cfg, device)
+        parts = build_parts(cfg, device, fresh=state is None, labels=labels)
         progress = restore(parts, state, validate is not None)
         validation = Validation(validate, run, cfg, parts, progress, rank, should_stop) if validate else None
         if state is not None:
@@ -263,13 +274,14 @@ def train(cfg: Config, out_dir, resume: bool = False, stop_at: int | None = None
         t = cfg.train
         if rank == 0:
             log.info("training %s: %d images, %d classes, backbone %s (dim %d), batch %d × %d process(es) = %d, "
-                     "iterations %d → %d on %s", cfg.name, len(parts.dataset), parts.dataset.n_classes,
+                     "iterations %d → %d on %s in %s", cfg.name, len(parts.dataset), parts.dataset.n_classes,
                      cfg.model.backbone, parts.backbone.dim, t.batch_size, world, t.batch_size * world,
-                     progress.start, stop, device)
+                     progress.start, stop, device, t.precision)
         began = time.perf_counter()
         it = loop(cfg, run, parts, progress, stop, validation, should_stop, rank, world, device)
         if rank == 0:
             records.write(records.TrainSummary(iterations=it, seconds=time.perf_counter() - began,
                                                best=progress.best, select_on_val=t.select_on_val, world_size=world,
-                                               effective_batch=t.batch_size * world), run.summary)
+                                               effective_batch=t.batch_size * world, precision=t.precision),
+                          run.summary)
     return run.evaluated(cfg.train.select_on_val)

@@ -5,25 +5,38 @@ import yaml
 from stego.config import from_dict, list_presets, load_config
 from stego.errors import StegoError
 
-# docs/protocol.md §5, transcribed independently: (λ_rand, λ_knn, λ_self, b_rand, b_knn, b_self, dim, backbone, pointwise).
+# docs/protocol.md §5, transcribed independently, the released values to the last digit the release prints
+# (its train_config.yml blocks), the paper's as Table 6 rounds them: (λ_rand, λ_knn, λ_self, b_rand, b_knn, b_self,
+# dim, backbone, pointwise, batch, iterations, crop).
 RELEASED = {
-    "cocostuff27_release": (0.1538, 1.0, 0.1, 1.0, 0.2, 0.12, 90, "dino_vitb8", "release", 32, 7000, "five"),
-    "cityscapes27_release": (0.9059, 0.5775, 1.0, 0.3136, 0.1754, 0.4583, 100, "dino_vitb8", "off", 32, 7000, "five"),
+    "cocostuff27_release": (0.1538476246415498, 1, 0.1, 1, 0.2, 0.12, 90, "dino_vitb8", "release", 32, 7000, "five"),
+    "cityscapes27_release": (0.9058762625226623, 0.577453483136995, 1, 0.31361241889448443, 0.1754346515479633,
+                             0.45828472207, 100, "dino_vitb8", "off", 32, 7000, "five"),
     "potsdam3_release": (0.63, 0.25, 0.67, 0.76, 0.02, 0.08, 70, "dino_vits8", "release", 16, 5000, "none"),
-    "cocostuff27_paper": (0.15, 1.0, 0.10, 1.00, 0.20, 0.12, 70, "dino_vitb8", "release", 32, 7000, "five"),
+    "cocostuff27_paper": (0.15, 1.00, 0.10, 1.00, 0.20, 0.12, 70, "dino_vitb8", "release", 32, 7000, "five"),
+    "cocostuff27_vits8_paper": (0.15, 1.00, 0.10, 1.00, 0.20, 0.12, 70, "dino_vits8", "release", 32, 7000, "five"),
     "cityscapes27_paper": (0.91, 0.58, 1.00, 0.31, 0.18, 0.46, 70, "dino_vitb8", "off", 32, 7000, "five"),
+    "potsdam3_paper": (0.63, 0.25, 0.67, 0.76, 0.02, 0.08, 70, "dino_vitb8", "release", 16, 5000, "none"),
 }
+
+
+def preset_values(cfg) -> tuple:
+    """A config's values in the order of RELEASED."""
+    loss = cfg.loss
+    return (loss.lambda_rand, loss.lambda_knn, loss.lambda_self, loss.b_rand, loss.b_knn, loss.b_self, cfg.model.dim,
+            cfg.model.backbone, loss.pointwise, cfg.train.batch_size, cfg.train.iterations, cfg.data.crop)
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_presets_carry_the_protocol_values(name):
     cfg = load_config(name)
+    assert preset_values(cfg) == RELEASED[name]
     l = cfg.loss
-    got = (l.lambda_rand, l.lambda_knn, l.lambda_self, l.b_rand, l.b_knn, l.b_self, cfg.model.dim,
-           cfg.model.backbone, l.pointwise, cfg.train.batch_size, cfg.train.iterations, cfg.data.crop)
-    assert got == RELEASED[name]
-    assert (l.feature_samples, l.neg_samples, cfg.data.num_neighbors) == (11, 5, 7)
-    assert (cfg.train.lr, cfg.train.probe_lr, cfg.data.res, cfg.eval.res) == (5e-4, 5e-3, 224, 320)
+    assert (l.feature_samples, l.neg_samples, cfg.data.num_neighbors, cfg.data.crop_ratio) == (11, 5, 7, 0.5)
+    assert (l.zero_clamp, l.stabilize, cfg.model.projection, cfg.model.dropout, cfg.model.extra_clusters) == (
+        True, False, "nonlinear", 0.1, 0)
+    assert (cfg.train.lr, cfg.train.probe_lr, cfg.data.res, cfg.eval.res, cfg.eval.crf) == (5e-4, 5e-3, 224, 320, True)
+    assert cfg.train.precision == "fp32"
     assert cfg.follows == name.rsplit("_", 1)[1]
 
 
@@ -80,7 +93,7 @@ def test_numbers_are_typed_by_their_field():
 
 
 BAD_VALUES = [
-    ("model.projection=foo", "model.projection must be one of nonlinear, linear, none, got 'foo'"),
+    ("model.projection=foo", "model.projection must be one of nonlinear, linear, none, pca, random, got 'foo'"),
     ("model.projection=lineer", "did you mean 'linear'?"),
     ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
     ("model.dim=0", "model.dim must be at least 1, got 0"),
@@ -95,6 +108,8 @@ BAD_VALUES = [
     ("model.dropout=1", "model.dropout must be in [0, 1)"),
     ("eval.crf_timeout=0", "eval.crf_timeout must be positive"),
     ("train.device=gpu", "train.device must be auto, cpu, cuda, cuda:N or mps"),
+    ("train.precision=fp16", "train.precision must be one of fp32, bf16, got 'fp16'"),
+    ("train.precision=bf61", "did you mean 'bf16'?"),
     ("loss.neg_samples=-1", "loss.neg_samples must be at least 0"),
     ("train.batch_size=1", "train.batch_size must be at least 2 while the random term is on"),
     ("follows=mine", "follows must be one of release, paper, ours"),

@@ -370,4 +370,4 @@ def test_cli_clean_dataset_passes(tmp_path, capsys):
     args = _cli().parse_args(["data", "check", "--dataset", "imagefolder", "--root", str(tmp_path),
                               "--n-classes", "2"])
     assert args.func(args) == 1
-    assert "out of range" in capsys.readouterr().out
+    assert "holds label values 2, outside 0-1 (classes) and 255 (unlabelled)" in capsys.readouterr().out

@@ -169,7 +169,7 @@ def test_bad_labels_raise_the_same_errors_through_getitem(tmp_path, kind):
         label[kind.h // 2, 1] = bad
         _write_label(ds, 0, label, kind)
         message = _one_line_error(ds, 0, D.LabelRangeError)
-        assert f"out of range: {bad} (allowed: " in message
+        assert f": holds label values {bad}, outside " in message and " (classes)" in message
         with pytest.raises(D.LabelRangeError) as mapped:
             ds.load(0)
         assert message == str(mapped.value)
@@ -186,7 +186,8 @@ def test_skip_bad_skips_bad_8bit_labels(tmp_path):
     Image.fromarray(np.full((F.H, F.W - 2), 3, np.uint8)).save(ds.label_path(2))
     assert [ds[i]["index"] for i in range(4)] == [1, 1, 3, 3]
     assert [p for p, _ in ds.skipped] == [str(ds.label_path(0)), str(ds.label_path(2))]
-    assert "out of range: 200" in ds.skipped[0][1] and "label is 40x54" in ds.skipped[1][1]
+    assert "holds label values 200, outside 0-181 (classes) and 255 (unlabelled)" in ds.skipped[0][1]
+    assert "label is 40x54" in ds.skipped[1][1]
 
 
 def test_value_runs_by_hand():

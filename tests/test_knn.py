@@ -150,7 +150,7 @@ def manual_embedding(backbone, data):
 
 def test_embed_matches_manual_gap_and_normalise():
     backbone, data = TinyBackbone(), TinyImages()
-    feats = embed_dataset(backbone, data, batch_size=4, device="cpu")
+    feats = embed_dataset(backbone, data, batch_size=4, device="cpu", precision="fp32")
     assert feats.dtype == torch.float32 and feats.shape == (11, 8)
     torch.testing.assert_close(feats.double(), manual_embedding(backbone, data), atol=1e-6, rtol=0)
 
@@ -159,7 +159,7 @@ def test_embed_with_a_real_random_vit():
     from stego.backbones import build_backbone
     backbone, data = build_backbone("dino_vits16", weights="random"), TinyImages(n=5)
     data.imgs = F.interpolate(data.imgs, size=32)
-    feats = embed_dataset(backbone, data, batch_size=2, device="cpu")
+    feats = embed_dataset(backbone, data, batch_size=2, device="cpu", precision="fp32")
     torch.testing.assert_close(feats.double(), manual_embedding(backbone, data), atol=1e-5, rtol=0)
 
 
@@ -169,7 +169,7 @@ def test_embed_refuses_out_of_order_items():
             return dict(super().__getitem__(i), index=(i + 1) % len(self))
 
     with pytest.raises(StegoError, match=r"item 0 came back as item 1 .*fix or remove the bad file"):
-        embed_dataset(TinyBackbone(), Shuffled(), batch_size=4, device="cpu")
+        embed_dataset(TinyBackbone(), Shuffled(), batch_size=4, device="cpu", precision="fp32")
 
 
 META = dict(backbone="tiny", weights="random", dataset="tinyset", split="train", crops="none", res=16)
@@ -178,7 +178,8 @@ META = dict(backbone="tiny", weights="random", dataset="tinyset", split="train",
 def test_mine_knn_writes_checked_table_and_is_idempotent(tmp_path, monkeypatch):
     backbone, data = TinyBackbone(), TinyImages()
     path = tmp_path / "nns" / "t.pt"
-    table = mine_knn(backbone, data, path, META, k=5, batch_size=3, chunk=4, key_chunk=3, device="cpu")
+    table = mine_knn(backbone, data, path, META, k=5, batch_size=3, chunk=4, key_chunk=3, device="cpu",
+                     precision="fp32")
     want = manual_embedding(backbone, data).numpy()
     np.testing.assert_array_equal(table.indices.numpy(), brute_force(want, 5)[0])
     assert table.meta == dict(META, k=5, n=11, source="11:in-memory", dropout=False, format=knn.FORMAT_VERSION,
@@ -189,11 +190,11 @@ def test_mine_knn_writes_checked_table_and_is_idempotent(tmp_path, monkeypatch):
         raise AssertionError("re-mined a table that already exists")
 
     monkeypatch.setattr(knn, "embed_dataset", boom)
-    again = mine_knn(backbone, data, path, META, k=5, device="cpu")
+    again = mine_knn(backbone, data, path, META, k=5, device="cpu", precision="fp32")
     assert torch.equal(again.indices, table.indices)
     with pytest.raises(StegoError, match=r"weights expected 'other' found 'random'.*--force"):
-        mine_knn(backbone, data, path, dict(META, weights="other"), k=5, device="cpu")
+        mine_knn(backbone, data, path, dict(META, weights="other"), k=5, device="cpu", precision="fp32")
     with pytest.raises(AssertionError, match="re-mined"):
-        mine_knn(backbone, data, path, META, k=5, device="cpu", force=True)
+        mine_knn(backbone, data, path, META, k=5, device="cpu", precision="fp32", force=True)
     with pytest.raises(StegoError, match="k=12 must be between 1 and the number of images"):
-        mine_knn(backbone, data, tmp_path / "other.pt", META, k=12)  # refused before any embedding
+        mine_knn(backbone, data, tmp_path / "other.pt", META, k=12, precision="fp32")  # refused before any embedding

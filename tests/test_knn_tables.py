@@ -219,7 +219,8 @@ def test_cli_registers_knn_command():
     args = parser.parse_args(["knn", "--dataset", "potsdam", "--root", "/data", "--split", "train",
                               "--backbone", "dino_vits8", "--crop", "five", "--k", "10", "--force"])
     assert args.func is knn.run_knn
-    assert (args.k, args.res, args.crop, args.weights, args.force, args.amp) == (10, 224, "five", None, True, True)
+    assert (args.k, args.res, args.crop, args.weights, args.force) == (10, 224, "five", None, True)
+    assert args.precision == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["knn", "--dataset", "potsdam", "--root", "/d", "--split", "train",
                            "--backbone", "b", "--crop", "ten"])

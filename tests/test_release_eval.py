@@ -34,7 +34,7 @@ def test_released_checkpoint_evaluates_with_the_release_modules(scenes, tmp_path
         feats = feats.transpose(1, 2).reshape(4, 384, 14, 14)
         code = lit.eval().code(feats)
     expected = (code[:2] + code[2:].flip(3)) / 2
-    torch.testing.assert_close(tta_code(model.eval(), backbone, images), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tta_code(model.eval(), backbone, images, "fp32"), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_eval_command_writes_a_record_for_a_released_file(scenes, tmp_path, monkeypatch):

@@ -16,9 +16,11 @@ import timm
 import torch
 import yaml
 
-from stego.released import load_released_checkpoint
+from stego.config import load_config
+from stego.released import load_released_checkpoint, released_for_eval
 from stego.data.synthetic import SceneSpec, make_scenes
 from tests.test_checkpoint import COCO_CFG, release_dict
+from tests.test_config import RELEASED
 
 HYDRA_11 = ("hydra-core==1.1.2", "omegaconf==2.1.2")
 """The authors' era: the release's environment.yml asks for hydra-core unpinned in early 2022."""
@@ -159,3 +161,37 @@ def test_readme_eval_command_on_a_hydra_file_without_omegaconf(files, layout, tm
     saved = json.loads(record.read_text())
     assert saved["metrics"]["images"] == 3 and saved["config"]["model"]["dim"] == 12
     assert saved["config"]["loss"]["lambda_rand"] == 0.1538476246415498
+
+
+RELEASE_LOSS_KEYS = {"lambda_rand": "neg_inter_weight", "lambda_knn": "pos_inter_weight",
+                     "lambda_self": "pos_intra_weight", "b_rand": "neg_inter_shift", "b_knn": "pos_inter_shift",
+                     "b_self": "pos_intra_shift"}
+"""Our loss keys -> the release's train_config.yml keys."""
+RELEASE_BLOCKS = {
+    "cocostuff27_release": (),  # the block train_config.yml holds
+    "cityscapes27_release": ("dataset_name=cityscapes", "pointwise=false"),
+    "potsdam3_release": ("dataset_name=potsdam", "crop_type=null", "batch_size=16", "max_steps=5000"),
+}
+"""Hydra overrides that turn the test file's config into each release block (the Cityscapes and Potsdam blocks)."""
+
+
+def _block_overrides(preset: str) -> list:
+    """The block's settings plus its six loss values, as docs/protocol.md §5 prints them (tests/test_config.py)."""
+    values = dict(zip(RELEASE_LOSS_KEYS, RELEASED[preset][:6]))
+    return [*RELEASE_BLOCKS[preset], *(f"{RELEASE_LOSS_KEYS[k]}={v!r}" for k, v in values.items())]
+
+
+@pytest.mark.parametrize("preset", sorted(RELEASE_BLOCKS))
+def test_a_released_checkpoint_of_each_block_imports_as_its_release_preset(source, preset, tmp_path):
+    """A checkpoint whose config Hydra composed from the release's block imports (the path `stego eval` takes) as
+    the `*_release` preset, every loss value to its last digit, every data and training setting alike; the model
+    section is the test file's small ViT-S/16."""
+    path = tmp_path / f"{preset}.ckpt"
+    run = subprocess.run([sys.executable, str(SCRIPT), str(path), str(source[1]), "1.5", *OVERRIDES,
+                          *_block_overrides(preset)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert load_released_checkpoint(path).hparams["cfg"]["neg_inter_weight"] == RELEASED[preset][0]
+    imported = released_for_eval(path, None, trusted=False)[0]
+    want = load_config(preset)
+    assert (imported.loss, imported.data, imported.train) == (want.loss, want.data, want.train)
+    assert (imported.model.backbone, imported.model.dim) == ("dino_vits16", 12)

@@ -177,7 +177,7 @@ def test_report_cells_paper_measured_delta_and_marks(results, tmp_path):
     assert crf[2:5] == ["35.0", "40.0", "+5.0"]
     assert crf[8:11] == ["60.0", "50.0", "-10.0"]
     assert "- **STEGO**: a note; known gap: a known gap" in page
-    assert "| STEGO | 0 | paper | released | 12 | 2.0 | abc123def4 |" in page
+    assert "| STEGO | 0 | paper | — | released | 12 | 2.0 | abc123def4 |" in page  # no train.precision recorded
     assert "| CRF row | 30.0 | 10.0 | 40.0 | 15.0 | 40.0 | 20.0 | 50.0 | 25.0 |" in toy
     assert "evaluation-runs.md" not in "".join(p.name for p in pages)
     index = (tmp_path / "out" / "index.md").read_text()

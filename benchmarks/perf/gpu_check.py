@@ -2,13 +2,15 @@
 
     python -m benchmarks.perf.gpu_check [--device cuda] [--out .benchmarks/gpu_check.json] [--tiny] [--threads N]
 
-Measures training iterations/s (`stego.train.train_step` with a real head, loss and probes; ViT-S/8 and ViT-B/8 at
-batch 32 and 224 in bf16 and fp32, plus the ResNet-50 and raw-feature rows the projections need), evaluation
-images/s at 320 with flip TTA (`stego.inference.predict_log_probs`), KNN features at 224 (`embed_dataset`) and
-top-k mining of 250,000 crops (`topk_cosine` on the device), and DenseCRF images/s with one worker per core.
-Each rate is printed next to its hardware bound where one exists (matmul FLOPs ÷ the device's measured matmul
-rate, in the stage's precision), then the projected wall time of each paper table's full run (the registry's
-rows × iterations ÷ it/s, plus KNN mining and evaluation). Everything goes to a JSON file, written atomically.
+Measures training iterations/s (`stego.train.train_step` with a real head, loss and probes; ViT-S/8, ViT-B/8 and
+ResNet-50 at batch 32 and 224, STEGO and raw-feature rows), evaluation images/s at 320 with flip TTA
+(`stego.inference.predict_log_probs`, with the share of pixels whose bf16 prediction equals the fp32 one) and KNN
+features at 224 (`embed_dataset`), each in both precisions of train.precision on CUDA (fp32 with TF32 off, and bf16
+autocast); top-k mining of 250,000 crops (`topk_cosine` on the device), and DenseCRF images/s with one worker per
+core. Each rate is printed next to its hardware bound where one exists (matmul FLOPs ÷ the device's measured matmul
+rate, in the stage's precision), then the projected wall time of each paper table's full run in the default
+precision, fp32 (the registry's rows × iterations ÷ it/s, plus KNN mining and evaluation). Everything goes to a
+JSON file, written atomically.
 Estimated at 2–3 minutes on one H100 (not yet run on one; the budget is 8 minutes). `--tiny` shrinks every size
 so the same code runs in well under a minute on a CPU (`test_gpu_check.py` runs it, so it cannot rot).
 """
@@ -22,13 +24,14 @@ from pathlib import Path
 import torch
 
 from benchmarks import runner
-from benchmarks.registry import REGISTRY, TABLES
+from benchmarks.registry import PAPER_TABLES, REGISTRY
 from stego.backbones import build_backbone
 from stego.io import atomic_save_json
 from stego.records import versions
+from stego.runtime import set_tf32
 
-from .gpu_stages import (Sizes, arch_name, bench_crf, bench_embed, bench_eval, bench_knn, bench_train,
-                         product_precision)
+from .gpu_stages import (DEFAULT_PRECISION, Sizes, arch_name, bench_crf, bench_embed, bench_eval, bench_knn,
+                         bench_train, measured_precisions)
 from .hardware import device_name, load_average, matmul_rate
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,9 @@ BACKBONES = {"vit_s8": "dino_vits8", "vit_b8": "dino_vitb8", "r50": "r50_supervi
 """Measured architectures and the random-init backbone that stands for each."""
 ARCH = {"dino_vits8": "vit_s8", "dino_vitb8": "vit_b8", "mocov2_r50": "r50", "r50_supervised": "r50"}
 """Which measured architecture a registry row's backbone runs at (MoCo v2 is a ResNet-50)."""
-TRAIN_RUNS = [("vit_s8", "bf16", "stego"), ("vit_s8", "fp32", "stego"), ("vit_b8", "bf16", "stego"),
-              ("vit_b8", "fp32", "stego"), ("r50", "bf16", "stego"), ("vit_s8", "bf16", "raw"),
-              ("vit_b8", "bf16", "raw"), ("r50", "bf16", "raw")]
-"""(architecture, precision, kind) on CUDA: 'stego' trains head and probes on anchor + partner, 'raw' only the
-probes on the anchor's raw features (the baselines). bf16 is what training runs on CUDA; fp32 is for comparison."""
+TRAIN_KINDS = ("stego", "raw")
+"""'stego' trains head and probes on anchor + partner, 'raw' only the probes on the anchor's raw features (the
+baselines)."""
 
 
 TRAIN_ITEMS = {"cocostuff27": 49_629, "cityscapes27": 2_975, "potsdam3": 4_545}
@@ -63,12 +64,10 @@ TARGET_KEYS = ("stage", "arch", "precision", "kind")
 
 
 def train_runs(device) -> list:
-    """TRAIN_RUNS on CUDA. On a CPU, where the product trains in fp32, every run in fp32, plus one bf16 run that
-    keeps the autocast path of this check exercised."""
-    if device.type == "cuda":
-        return TRAIN_RUNS
-    runs = list(dict.fromkeys((arch, "fp32", kind) for arch, _, kind in TRAIN_RUNS))
-    return runs + [("vit_s8", "bf16", "stego")]
+    """(architecture, precision, kind) of every training measurement: each architecture and kind in each measured
+    precision, plus on a CPU one bf16 run that keeps the autocast path of this check exercised."""
+    runs = [(arch, mode, kind) for arch in BACKBONES for mode in measured_precisions(device) for kind in TRAIN_KINDS]
+    return runs if device.type == "cuda" else runs + [("vit_s8", "bf16", "stego")]
 
 
 def _measured(results, stage, **match) -> dict:
@@ -83,11 +82,11 @@ def _rate_of(results, stage, arch, **match):
     return _measured(results, stage, arch=arch, **match)["rate"]
 
 
-def project(results: list, sizes: Sizes, mode: str = "bf16") -> list:
-    """Projected wall time of each paper table's full run (one seed) from the measured rates.
+def project(results: list, sizes: Sizes, mode: str = DEFAULT_PRECISION) -> list:
+    """Projected wall time of each paper table's full run (one seed; Tables 1–5 and the re-run) from the measured rates.
 
     Per table: every distinct training (rows that differ only in evaluation share one, as the runner does) runs
-    its preset's iterations at the measured it/s of its architecture in the product's precision (`mode`),
+    its preset's iterations at the measured it/s of its architecture in `mode` (default: train.precision's),
     scaled linearly from the measured batch to the preset's; each distinct KNN table (backbone, dataset, crops)
     is embedded at the measured rate and mined at the measured top-k time scaled ∝ N²; each distinct evaluation
     runs the validation images at the measured eval rate plus, with CRF, two refinements per image (cluster and
@@ -97,7 +96,7 @@ def project(results: list, sizes: Sizes, mode: str = "bf16") -> list:
     knn = _measured(results, "knn")
     crf_rate = _measured(results, "crf")["rate"]
     out = []
-    for table in TABLES:
+    for table in PAPER_TABLES:
         trainings, minings, evals = {}, {}, {}
         for row in REGISTRY[table]:
             if row.cited:
@@ -114,9 +113,10 @@ def project(results: list, sizes: Sizes, mode: str = "bf16") -> list:
                 if kind == "stego":
                     n = TRAIN_ITEMS[dataset] * (5 if cfg.data.crop == "five" else 1)
                     minings[(cfg.model.backbone, dataset, cfg.data.crop)] = (
-                        n / _rate_of(results, "embed", arch) + knn["seconds"] * (n / knn["n"]) ** 2)
+                        n / _rate_of(results, "embed", arch, precision=mode) + knn["seconds"] * (n / knn["n"]) ** 2)
             crf = evals.get(key, (0, 0, False))[2] or cfg.eval.crf
-            evals[key] = (VAL_ITEMS[dataset], VAL_ITEMS[dataset] / _rate_of(results, "eval", arch), crf)
+            evals[key] = (VAL_ITEMS[dataset], VAL_ITEMS[dataset] / _rate_of(results, "eval", arch, precision=mode),
+                          crf)
         out.append({"table": table, "trainings": len(trainings), "knn_tables": len(minings),
                     "evaluations": len(evals), "with_crf": sum(crf for _, _, crf in evals.values()),
                     "train_s": sum(trainings.values()), "knn_s": sum(minings.values()),
@@ -190,6 +190,7 @@ def run(device, sizes: Sizes = FULL) -> dict:
     device = torch.device(device)
     started = time.perf_counter()
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16} if device.type == "cuda" else {"fp32": torch.float32}
+    set_tf32(device, "fp32")  # the fp32 bound is true fp32, as fp32 runs compute
     rates = {mode: matmul_rate(device, dtype, min_seconds=sizes.matmul_seconds) for mode, dtype in dtypes.items()}
     rates.setdefault("bf16", rates["fp32"])  # CPU: no bf16 matmul rate is claimed; the bound uses fp32's
     log.info("matmul rates on %s: %s", device_name(device), {k: f"{v / 1e12:.1f} TFLOP/s" for k, v in rates.items()})
@@ -202,15 +203,17 @@ def run(device, sizes: Sizes = FULL) -> dict:
                 attempt(results, "train", f"{arch_name(arch)} {mode} {kind}", bench_train, backbone, arch, mode, kind,
                         sizes, device, rates)
                 log.info("%s: %s it/s", results[-1]["config"], results[-1].get("rate", "failed"))
-        attempt(results, "eval", arch_name(arch), bench_eval, backbone, arch, sizes, device, rates)
-        attempt(results, "embed", arch_name(arch), bench_embed, backbone, arch, sizes, device, rates)
+        for mode in measured_precisions(device):
+            name = f"{arch_name(arch)} {mode}"
+            attempt(results, "eval", name, bench_eval, backbone, arch, mode, sizes, device, rates)
+            attempt(results, "embed", name, bench_embed, backbone, arch, mode, sizes, device, rates)
         del backbone
         if device.type == "cuda":
             torch.cuda.empty_cache()
     attempt(results, "knn", f"n={sizes.knn_n}", bench_knn, sizes, device, rates)
     attempt(results, "crf", f"{sizes.crf_res}²", bench_crf, sizes)
     try:
-        projections = project(results, sizes, product_precision(device))
+        projections = project(results, sizes)
     except KeyError as err:  # a measurement the projections need failed
         projections = {"error": f"not projected: {err!r}"}
     return {"device": device_name(device), "device_type": device.type, "tiny": sizes != FULL,

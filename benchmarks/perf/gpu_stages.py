@@ -1,7 +1,8 @@
 """The stages the GPU check measures (benchmarks/perf/gpu_check.py), each on synthetic inputs through the product's
 own code: a training step (`stego.train.train_step`), evaluation's prediction (`stego.inference.predict_log_probs`),
-KNN features and top-k (`stego.data.knn`), DenseCRF in a warm pool (`stego.crf.CrfPool`), each beside its bound."""
-import contextlib
+KNN features and top-k (`stego.data.knn`), DenseCRF in a warm pool (`stego.crf.CrfPool`), each beside its bound.
+Training, evaluation and KNN features run in a given precision through the product's own setting (train.precision:
+`TrainConfig(precision=...)`, its TF32 policy set by `stego.runtime.set_tf32`)."""
 import os
 import time
 import warnings
@@ -12,13 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import stego.inference
-import stego.train
-from stego.config import LossConfig, TrainConfig
+from stego.config import PRECISIONS, LossConfig, TrainConfig
 from stego.crf import CrfPool, dense_crf
 from stego.data.knn import embed_dataset, topk_cosine
+from stego.inference import predict_log_probs
 from stego.loss import CorrespondenceLoss
 from stego.model import Stego
+from stego.runtime import set_tf32
+from stego.train import train_step
 
 from .hardware import backbone_flops, rate, synchronize, timed
 
@@ -47,32 +49,17 @@ class Sizes:
     max_crf_workers: int | None = None
 
 
+DEFAULT_PRECISION = TrainConfig().precision
+"""What stego runs in unless told otherwise (train.precision's default); the projections use its rates."""
 
-def product_precision(device) -> str:
-    """The precision stego's training and evaluation run in on this device: bf16 autocast on CUDA, else fp32."""
-    return "bf16" if device.type == "cuda" else "fp32"
+
+def measured_precisions(device) -> tuple:
+    """Every precision on CUDA; on a CPU the default only (bf16 autocast there is a smoke run, not a speed)."""
+    return PRECISIONS if device.type == "cuda" else (DEFAULT_PRECISION,)
 
 
 def arch_name(arch: str) -> str:
     return {"vit_s8": "ViT-S/8", "vit_b8": "ViT-B/8", "r50": "ResNet-50"}[arch]
-
-
-@contextlib.contextmanager
-def precision(mode: str):
-    """Run stego's training and evaluation code in `mode`: 'bf16' autocast (what they use on CUDA) or 'fp32'.
-
-    Swaps the `autocast` those modules call for the duration (the product has no fp32 switch on CUDA). On a CPU,
-    'bf16' is CPU autocast, which the product itself never uses: there it only keeps this code path running.
-    """
-    def make(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
-
-    saved = stego.train.autocast, stego.inference.autocast
-    stego.train.autocast = stego.inference.autocast = make
-    try:
-        yield
-    finally:
-        stego.train.autocast, stego.inference.autocast = saved
 
 
 def count_syncs(fn, device) -> dict | None:
@@ -104,7 +91,8 @@ def bench_train(backbone, arch: str, mode: str, kind: str, sizes: Sizes, device,
     """Iterations/s of `train_step` for one architecture, precision and kind, against its matmul bound."""
     torch.manual_seed(0)
     raw = kind == "raw"
-    t = TrainConfig()
+    t = TrainConfig(precision=mode)
+    set_tf32(device, t.precision)
     model = Stego(backbone.dim, 90, sizes.n_classes, "none" if raw else "nonlinear").to(device).train()
     optimizers = [torch.optim.Adam(model.linear_probe.parameters(), lr=t.probe_lr),
                   torch.optim.Adam(model.cluster_probe.parameters(), lr=t.probe_lr)]
@@ -115,11 +103,10 @@ def bench_train(backbone, arch: str, mode: str, kind: str, sizes: Sizes, device,
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step():
-        stego.train.train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil=not raw)
+        train_step(batch, backbone, model, loss_fn, optimizers, device, generator, not raw, t.precision)
 
-    with precision(mode):
-        per_s, calls = rate(step, device, sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
-        syncs = count_syncs(step, device)
+    per_s, calls = rate(step, device, sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
+    syncs = count_syncs(step, device)
     images = sizes.batch * (1 if raw else 2)
     flops = images * backbone_flops(backbone, sizes.train_res, sizes.train_res)
     bound = rates[mode] / flops
@@ -130,22 +117,34 @@ def bench_train(backbone, arch: str, mode: str, kind: str, sizes: Sizes, device,
             "config": f"{arch_name(arch)} {mode} {kind} batch {sizes.batch} {sizes.train_res}²"}
 
 
-def bench_eval(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
-    """Images/s of `predict_log_probs` (flip TTA, upsampling, both probes) at the evaluation size, in the
-    product's precision."""
+def argmax_agreement(model, backbone, images, size, mode: str) -> float:
+    """Share of pixels whose cluster and linear predictions in `mode` equal the fp32 ones (1.0 for fp32)."""
+    set_tf32(images.device, "fp32")
+    reference = predict_log_probs(model, backbone, images, size, "fp32")
+    set_tf32(images.device, mode)
+    got = predict_log_probs(model, backbone, images, size, mode)
+    same = [(a.argmax(1) == b.argmax(1)).float().mean().item() for a, b in zip(reference, got)]
+    return sum(same) / len(same)
+
+
+def bench_eval(backbone, arch: str, mode: str, sizes: Sizes, device, rates: dict) -> dict:
+    """Images/s of `predict_log_probs` (flip TTA, upsampling, both probes) at the evaluation size in `mode`, and
+    how many of its pixel predictions agree with fp32's."""
+    set_tf32(device, mode)
     torch.manual_seed(0)
     model = Stego(backbone.dim, 90, sizes.n_classes).to(device).eval()
     shape = (sizes.eval_batch, 3, sizes.eval_res, sizes.eval_res)
     images = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
     size = (sizes.eval_res, sizes.eval_res)
-    mode = product_precision(device)
-    with precision(mode):
-        per_s, calls = rate(lambda: stego.inference.predict_log_probs(model, backbone, images, size), device,
-                            sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
+    per_s, calls = rate(lambda: predict_log_probs(model, backbone, images, size, mode), device,
+                        sizes.warmup, sizes.min_iters, min_seconds=sizes.min_seconds)
     flops = 2 * backbone_flops(backbone, sizes.eval_res, sizes.eval_res)
+    agreement = argmax_agreement(model, backbone, images, size, mode)
     return {"stage": "eval", "arch": arch, "precision": mode, "res": sizes.eval_res, "batch": sizes.eval_batch,
             "rate": per_s * sizes.eval_batch, "unit": "img/s", "bound": rates[mode] / flops, "batches": calls,
-            "backbone_flops_per_image": flops, "config": f"{arch_name(arch)} {mode} {sizes.eval_res}² flip TTA"}
+            "backbone_flops_per_image": flops, "agreement_with_fp32": agreement,
+            "config": f"{arch_name(arch)} {mode} {sizes.eval_res}² flip TTA, {100 * agreement:.2f}% of pixels as "
+                      f"fp32"}
 
 
 class _InMemory(Dataset):
@@ -161,20 +160,23 @@ class _InMemory(Dataset):
         return {"img": self.images[i]}
 
 
-def bench_embed(backbone, arch: str, sizes: Sizes, device, rates: dict) -> dict:
-    """Images/s of `embed_dataset` (KNN features: bf16 backbone on CUDA, pooled, normalised) from memory."""
+def bench_embed(backbone, arch: str, mode: str, sizes: Sizes, device, rates: dict) -> dict:
+    """Images/s of `embed_dataset` (KNN features: backbone in `mode`, pooled, normalised) from memory."""
+    set_tf32(device, mode)
     data = _InMemory(sizes.embed_batch * sizes.embed_batches, sizes.train_res)
-    embed_dataset(backbone, torch.utils.data.Subset(data, range(sizes.embed_batch)), sizes.embed_batch, device)
-    seconds = timed(lambda: embed_dataset(backbone, data, sizes.embed_batch, device), device)
+    embed_dataset(backbone, torch.utils.data.Subset(data, range(sizes.embed_batch)), sizes.embed_batch, device,
+                  precision=mode)
+    seconds = timed(lambda: embed_dataset(backbone, data, sizes.embed_batch, device, precision=mode), device)
     flops = backbone_flops(backbone, sizes.train_res, sizes.train_res)
-    mode = product_precision(device)
     return {"stage": "embed", "arch": arch, "precision": mode, "res": sizes.train_res, "rate": len(data) / seconds,
             "unit": "img/s", "bound": rates[mode] / flops, "images": len(data),
             "config": f"{arch_name(arch)} {mode} {sizes.train_res}² KNN features, from memory"}
 
 
 def bench_knn(sizes: Sizes, device, rates: dict) -> dict:
-    """Seconds of `topk_cosine` over knn_n random features on the device (the release's COCO five-crop scale)."""
+    """Seconds of `topk_cosine` over knn_n random features on the device (the release's COCO five-crop scale), in
+    true fp32 as mining runs it."""
+    set_tf32(device, "fp32")
     feats = torch.randn(sizes.knn_n, sizes.knn_dim, generator=torch.Generator().manual_seed(3)).to(device)
     topk_cosine(feats[: min(4096, sizes.knn_n)], sizes.knn_k, device=device)
     seconds = timed(lambda: topk_cosine(feats, sizes.knn_k, device=device), device)

@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import stego.train
-from benchmarks.registry import TABLES
-from stego.runtime import autocast as product_autocast
+from benchmarks.registry import PAPER_TABLES
+from stego.config import PRECISIONS
 
 from . import gpu_check
-from .gpu_check import FULL, TARGETS, check_targets, project
-from .gpu_stages import precision
+from .gpu_check import FULL, TARGETS, check_targets, project, train_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,35 +34,42 @@ def test_tiny_check_runs_on_cpu(tmp_path):
     assert {(r["arch"], r["kind"]) for r in results if r["stage"] == "train"} == {
         (arch, kind) for arch in gpu_check.BACKBONES for kind in ("stego", "raw")}
     assert any(r["stage"] == "train" and r["precision"] == "bf16" for r in results)
+    assert {(r["stage"], r["precision"]) for r in results if r["stage"] in ("eval", "embed")} == {
+        ("eval", "fp32"), ("embed", "fp32")}
+    assert all(r["agreement_with_fp32"] == 1.0 for r in results if r["stage"] == "eval")
     for r in results:
         assert r["rate"] > 0 and r["bound"] > 0, r
-    assert [p["table"] for p in report["projections"]] == list(TABLES)
+    assert [p["table"] for p in report["projections"]] == list(PAPER_TABLES)
     assert all(p["total_s"] > 0 for p in report["projections"])
     assert [t["status"] for t in report["targets"]] == ["not checked (not an H100)"]
 
 
 def fake_results(sizes=FULL):
-    """Round rates for every measurement the projections read."""
-    results = [{"stage": "train", "arch": arch, "precision": "bf16", "kind": kind, "rate": rate}
+    """Round rates for every measurement the projections read: fp32 ones as given, bf16 ones twice as fast."""
+    speed = {"fp32": 1, "bf16": 2}
+    results = [{"stage": "train", "arch": arch, "precision": mode, "kind": kind, "rate": rate * speed[mode]}
                for arch, rate in (("vit_s8", 40.0), ("vit_b8", 20.0), ("r50", 50.0))
-               for kind, rate in (("stego", rate), ("raw", 2 * rate))]
-    results += [{"stage": "eval", "arch": arch, "rate": rate}
-                for arch, rate in (("vit_s8", 300.0), ("vit_b8", 100.0), ("r50", 1000.0))]
-    results += [{"stage": "embed", "arch": arch, "rate": rate}
-                for arch, rate in (("vit_s8", 3000.0), ("vit_b8", 1000.0), ("r50", 5000.0))]
+               for kind, rate in (("stego", rate), ("raw", 2 * rate)) for mode in PRECISIONS]
+    results += [{"stage": "eval", "arch": arch, "precision": mode, "rate": rate * speed[mode]}
+                for arch, rate in (("vit_s8", 300.0), ("vit_b8", 100.0), ("r50", 1000.0)) for mode in PRECISIONS]
+    results += [{"stage": "embed", "arch": arch, "precision": mode, "rate": rate * speed[mode]}
+                for arch, rate in (("vit_s8", 3000.0), ("vit_b8", 1000.0), ("r50", 5000.0)) for mode in PRECISIONS]
     results += [{"stage": "knn", "n": 250_000, "seconds": 10.0, "rate": 25_000.0},
                 {"stage": "crf", "rate": 5.0}]
     return results
 
 
 def test_projection_of_table4_by_hand():
-    """Table 4 is one STEGO row: potsdam3_release, ViT-S/8, batch 16, 5000 iterations, whole images, CRF."""
+    """Table 4 is one STEGO row: potsdam3_release, ViT-S/8, batch 16, 5000 iterations, whole images, CRF; projected
+    in fp32 (the default precision) unless told otherwise."""
     (p,) = [p for p in project(fake_results(), FULL) if p["table"] == "table4"]
     assert p["train_s"] == pytest.approx(5000 / 40.0 * 16 / 32)  # 62.5 s
     assert p["knn_s"] == pytest.approx(4545 / 3000.0 + 10.0 * (4545 / 250_000) ** 2)
     assert p["eval_s"] == pytest.approx(855 / 300.0)
     assert p["crf_s"] == pytest.approx(2 * 855 / 5.0)  # cluster and linear refined: 342 s
     assert p["total_s"] == pytest.approx(p["train_s"] + p["knn_s"] + p["eval_s"] + p["crf_s"])
+    (fast,) = [p for p in project(fake_results(), FULL, "bf16") if p["table"] == "table4"]
+    assert fast["train_s"] == pytest.approx(p["train_s"] / 2) and fast["eval_s"] == pytest.approx(p["eval_s"] / 2)
 
 
 def test_projection_shares_trainings_as_the_runner_does():
@@ -90,15 +95,12 @@ def test_targets_are_checked_only_on_their_card(monkeypatch):
     assert check_targets([], torch.device("cpu"))[0]["status"] == "fail"
 
 
-def test_precision_swaps_autocast_and_restores_it():
-    cpu = torch.device("cpu")
-    with precision("bf16"):
-        with stego.train.autocast(cpu):
-            assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
-    with precision("fp32"):
-        with stego.train.autocast(cpu):
-            assert not torch.is_autocast_enabled("cpu")
-    assert stego.train.autocast is product_autocast
+def test_cuda_measures_every_training_in_both_precisions():
+    runs = train_runs(torch.device("cuda"))
+    assert sorted(runs) == sorted((arch, mode, kind) for arch in gpu_check.BACKBONES for mode in PRECISIONS
+                                  for kind in ("stego", "raw"))
+    cpu = train_runs(torch.device("cpu"))
+    assert ("vit_s8", "bf16", "stego") in cpu and {mode for _, mode, _ in cpu} == set(PRECISIONS)
 
 
 def test_a_failed_measurement_is_a_row_not_a_crash():

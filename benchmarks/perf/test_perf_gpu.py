@@ -1,8 +1,9 @@
 """GPU benchmarks (run with --run-gpu on a CUDA machine): the full GPU check once, then one test per stage.
 
 Training iterations/s of ViT-S/8 and ViT-B/8 at batch 32 and 224 in bf16 and fp32, evaluation images/s at 320
-with flip TTA, KNN mining of 250,000 crops, DenseCRF images/s with all cores; each printed beside its hardware
-bound. The report also goes to .benchmarks/gpu_check.json ($STEGO_BENCH_DIR overrides the folder).
+with flip TTA in both (and how many bf16 pixel predictions equal fp32's), KNN mining of 250,000 crops, DenseCRF
+images/s with all cores; each printed beside its hardware bound. The report also goes to
+.benchmarks/gpu_check.json ($STEGO_BENCH_DIR overrides the folder).
 """
 import os
 from pathlib import Path
@@ -55,9 +56,11 @@ def test_targets(report):
 
 
 @pytest.mark.parametrize("arch", ["vit_s8", "vit_b8"])
-def test_eval_rate(report, arch):
-    (row,) = [r for r in rows(report, "eval") if r["arch"] == arch]
+@pytest.mark.parametrize("mode", ["bf16", "fp32"])
+def test_eval_rate(report, arch, mode):
+    (row,) = [r for r in rows(report, "eval") if (r["arch"], r["precision"]) == (arch, mode)]
     assert row["res"] == 320 and 0 < row["rate"] <= OVER_BOUND * row["bound"], row
+    assert 0 < row["agreement_with_fp32"] <= 1 and (mode != "fp32" or row["agreement_with_fp32"] > 0.999), row
 
 
 def test_knn_250k(report):

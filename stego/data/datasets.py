@@ -24,6 +24,7 @@ from stego.data.transforms import SegTransform, default_transform
 from stego.data.files import (CorruptFileError, DataFileError, DirListing, EmptySplitError, Item, LabelRangeError,
                               MissingDataError, SizeMismatchError, only_valid_8bit, ranges_text, read_id_list,
                               read_label_png, read_mat, read_rgb, value_runs)
+from stego.constants import IGNORE
 from stego.errors import StegoError
 from stego.io import atomic_save_json
 
@@ -45,13 +46,19 @@ class SegmentationDataset(Dataset):
     cropped = False
     get_it = "see the layouts in docs/data.md"
     repair = "replace it with an intact copy from the original download"
+    relabel = None
+    """The fix for label values outside the dataset's (None: `repair`)."""
 
-    def __init__(self, items, split, *, lut, valid, root, transform=None, skip_bad=False):
+    def __init__(self, items, split, *, lut, valid, root, transform=None, skip_bad=False, labels=True):
         self.split, self.root = split, root
         self.transform = transform if transform is not None else default_transform(split)
         self.skip_bad = skip_bad
+        self.labels = labels
+        """False: label files are never opened, not even looked for (label-free work such as stego tune-shifts)."""
         self._lut, self._valid = lut, valid
         self._invalid_runs = value_runs(~valid)
+        classes, unlabelled = ranges_text(valid & (lut != IGNORE)), ranges_text(valid & (lut == IGNORE))
+        self._allowed = f"{classes} (classes)" + (f" and {unlabelled} (unlabelled)" if unlabelled else "")
         self._skipped = {}
         self.items = self._resolve(items)
         if not self.items:
@@ -73,7 +80,7 @@ class SegmentationDataset(Dataset):
     def _resolve(self, items):
         listing, kept = DirListing(), []
         for item in items:
-            label = item.label
+            label = item.label if self.labels else None
             if not listing.exists(item.image):
                 self._fail(MissingDataError(item.image, f"image listed in {item.source} is missing",
                                             self._missing_fix()))
@@ -128,8 +135,8 @@ class SegmentationDataset(Dataset):
         if bad.any():
             values = np.unique(raw[bad])
             shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-            raise LabelRangeError(path, f"label values out of range: {shown} (allowed: "
-                                        f"{ranges_text(self._valid)})", self._bad_fix())
+            raise LabelRangeError(path, f"holds label values {shown}, outside {self._allowed}",
+                                  f"{self.relabel or self.repair}; {self._skip_hint()}")
         return self._lut[raw]
 
     def load(self, i, raw_8bit=False):
@@ -202,7 +209,7 @@ class CocoStuff27(SegmentationDataset):
     SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
     DEFAULT_LISTS = {"train": "Coco164kFull_Stuff_Coarse.txt", "val": "Coco164kFull_Stuff_Coarse_7.txt"}
 
-    def __init__(self, root, split, list_name=None, transform=None, skip_bad=False):
+    def __init__(self, root, split, list_name=None, transform=None, skip_bad=False, labels=True):
         self.get_it = download_hint(self.name, root, self.manual)
         if split not in self.SPLIT_DIRS:
             raise _unknown_split(self.name, split, self.SPLIT_DIRS)
@@ -211,7 +218,7 @@ class CocoStuff27(SegmentationDataset):
         items = [Item(str(base / "images" / folder / f"{i}.jpg"), str(base / "annotations" / folder / f"{i}.png"),
                       True, str(list_file)) for i in read_id_list(list_file, self.get_it)]
         super().__init__(items, split, root=root, lut=mappings.COCO_FINE_TO_27, valid=mappings.COCO_VALID_RAW,
-                         transform=transform, skip_bad=skip_bad)
+                         transform=transform, skip_bad=skip_bad, labels=labels)
 
 
 class Cityscapes27(SegmentationDataset):
@@ -223,7 +230,7 @@ class Cityscapes27(SegmentationDataset):
     manual = ("get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from www.cityscapes-dataset.com "
               "(or the STEGO release's cityscapes.zip) into ROOT/cityscapes/ as docs/data.md documents")
 
-    def __init__(self, root, split, transform=None, skip_bad=False):
+    def __init__(self, root, split, transform=None, skip_bad=False, labels=True):
         self.get_it = download_hint(self.name, root, self.manual)
         base = Path(root) / "cityscapes"
         img_dir = base / "leftImg8bit" / split
@@ -237,7 +244,7 @@ class Cityscapes27(SegmentationDataset):
                                                                              + "_gtFine_labelIds.png")),
                       True, str(img_dir)) for p in images]
         super().__init__(items, split, root=root, lut=mappings.CITYSCAPES_LABELID_TO_27,
-                         valid=mappings.CITYSCAPES_VALID_RAW, transform=transform, skip_bad=skip_bad)
+                         valid=mappings.CITYSCAPES_VALID_RAW, transform=transform, skip_bad=skip_bad, labels=labels)
 
 
 class Potsdam3(SegmentationDataset):
@@ -257,7 +264,7 @@ class Potsdam3(SegmentationDataset):
         "all": ("all.txt",),
     }
 
-    def __init__(self, root, split, transform=None, skip_bad=False):
+    def __init__(self, root, split, transform=None, skip_bad=False, labels=True):
         self.get_it = download_hint(self.name, root, self.manual)
         if split not in self.SPLITS:
             raise _unknown_split(self.name, split, self.SPLITS)
@@ -269,7 +276,7 @@ class Potsdam3(SegmentationDataset):
                            list_name.startswith("labelled"), str(list_file))
                       for i in read_id_list(list_file, self.get_it)]
         super().__init__(items, split, root=root, lut=mappings.POTSDAM_6_TO_3, valid=mappings.POTSDAM_VALID_RAW,
-                         transform=transform, skip_bad=skip_bad)
+                         transform=transform, skip_bad=skip_bad, labels=labels)
 
     def _read_image(self, path):
         arr = read_mat(path, "img", self._bad_fix(), self._missing_fix())
@@ -304,8 +311,10 @@ class ImageFolder(SegmentationDataset):
     get_it = ("put images in ROOT/images/<split>/ and, optionally, a label for every one of them in "
               "ROOT/labels/<split>/<stem>.png (delete that folder for an unlabelled split)")
     repair = "fix or replace the file (labels: one class id per pixel, 255 unlabelled, the size of its image)"
+    relabel = ("map them to class ids or 255 (unlabelled), or declare more classes (data.n_classes, one line each in "
+               "ROOT/classes.txt)")
 
-    def __init__(self, root, split, n_classes=None, transform=None, skip_bad=False):
+    def __init__(self, root, split, n_classes=None, transform=None, skip_bad=False, labels=True):
         root = Path(root)
         img_dir = image_folder_dir(root) / split
         if not img_dir.is_dir():
@@ -326,7 +335,8 @@ class ImageFolder(SegmentationDataset):
         items = [Item(str(p), str(label_dir / f"{p.stem}.png") if has_labels else None, True, str(img_dir))
                  for p in images]
         lut, valid = mappings.identity_lut(n_classes)
-        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad,
+                         labels=labels)
 
 
 def image_folder_dir(root):
@@ -351,7 +361,8 @@ class CroppedDataset(SegmentationDataset):
 
     cropped = True
 
-    def __init__(self, root, dataset, split, crop_ratio=0.5, n_classes=None, transform=None, skip_bad=False):
+    def __init__(self, root, dataset, split, crop_ratio=0.5, n_classes=None, transform=None, skip_bad=False,
+                 labels=True):
         if dataset not in DATASETS:
             raise StegoError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         self.name, self.crop_ratio = dataset, float(crop_ratio)
@@ -369,7 +380,8 @@ class CroppedDataset(SegmentationDataset):
             raise EmptySplitError(img_dir, "no <index>.jpg crops", self.get_it)
         items = [Item(str(img_dir / f"{k}.jpg"), str(label_dir / f"{k}.png"), True, str(img_dir)) for k in indices]
         lut, valid = mappings.shifted_lut(self.n_classes)
-        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad)
+        super().__init__(items, split, root=root, lut=lut, valid=valid, transform=transform, skip_bad=skip_bad,
+                         labels=labels)
 
 
 def reader_class(name, crop=False, options=()):

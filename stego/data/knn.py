@@ -30,7 +30,8 @@ from stego.data.commands import knn_command
 from stego.data.files import file_fingerprint
 from stego.errors import MissingFileError, StegoError
 from stego.io import atomic_write
-from stego.runtime import worker_count
+from stego.config import PRECISIONS
+from stego.runtime import autocast, pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +99,16 @@ def _query_block_topk(feats, q0, q1, k, key_chunk):
     return best_v, best_i
 
 
-def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, amp=True):
+def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, *, precision):
     """Global-average-pooled, L2-normalised backbone features of every item of `dataset`, float32 [N, C] on
-    the CPU, in dataset order. On CUDA with `amp`, the backbone runs under bf16 autocast (pooling and
-    normalisation stay fp32); on the CPU it always runs in fp32."""
+    the CPU, in dataset order. The backbone runs in `precision` (train.precision: 'fp32', or 'bf16' autocast);
+    pooling and normalisation stay fp32."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     out, seen = [], 0
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=amp and device.type == "cuda"):
+    with torch.no_grad(), autocast(device, precision):
         for batch in tqdm(loader, desc="knn features", unit="batch"):
             img = batch["img"]
             if "index" in batch:
@@ -307,24 +308,30 @@ def table_expect(meta, n, source):
     return dict(meta, n=n, source=source, dropout=False)
 
 
-def existing_table(path, expect, min_k, root):
-    """The valid table already at `path` (None if there is no file); one made for something else is an error."""
+def existing_table(path, expect, min_k, root, precision):
+    """The valid table already at `path` (None if there is no file); one made for something else is an error, one
+    mined in another precision than `precision` serves with a warning."""
     if not Path(path).exists():
         return None
     table = KnnTable.load(path, expect, min_k, root)
     log.info("KNN table %s already exists and matches its images (k=%d); not re-mining (use --force to redo it)",
              path, table.k)
+    if table.meta.get("precision") != precision:
+        log.warning("KNN table %s was mined in %s, not in this run's %s; re-mine it with `%s --precision %s` for "
+                    "neighbours of this precision", path, table.meta.get("precision"), precision,
+                    knn_command(table.meta, root), precision)
     return table
 
 
 def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key_chunk=16384, device=None,
-             workers=0, amp=True, force=False, min_k=None, root="DATA_ROOT"):
-    """Embed `dataset`, mine its cosine top-k and save the table at `path` with `meta` (from `knn_meta`).
+             workers=0, *, precision, force=False, min_k=None, root="DATA_ROOT"):
+    """Embed `dataset` in `precision`, mine its cosine top-k and save the table at `path` with `meta` (from
+    `knn_meta`; the table records the precision).
     A valid table already at `path` with at least `min_k` (default k) neighbours is returned as is; one made
     for something else, or from other images, is an error unless `force`."""
     expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
     path = Path(path)
-    table = None if force else existing_table(path, expect, min_k or k, root)
+    table = None if force else existing_table(path, expect, min_k or k, root, precision)
     if table is not None:
         return table
     if not 1 <= k <= len(dataset):
@@ -332,10 +339,10 @@ def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key
                          f"(data.knn_k)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
-    feats = embed_dataset(backbone, dataset, batch_size=batch_size, device=device, workers=workers, amp=amp)
+    feats = embed_dataset(backbone, dataset, batch_size=batch_size, device=device, workers=workers,
+                          precision=precision)
     log.info("KNN: top-%d of %d images by cosine (%d-d features)", k, len(dataset), feats.shape[1])
     indices, sims = topk_cosine(feats, k, chunk=chunk, key_chunk=key_chunk, device=device)
-    precision = "bf16" if amp and device.type == "cuda" else "fp32"
     table = KnnTable(indices, sims, dict(expect, k=k, format=FORMAT_VERSION, precision=precision))
     table.save(path)
     log.info("mined KNN table %s (n=%d, k=%d) in %.1f s", path, table.n, table.k, time.perf_counter() - start)
@@ -367,7 +374,8 @@ def add_cli(data_subparsers):
     p.add_argument("--workers", type=int, default=-1,
                    help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 backbone on CUDA (default bf16)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="backbone arithmetic: fp32 (default; TF32 off on CUDA) or bf16 autocast (train.precision)")
     p.add_argument("--out", type=Path, default=None, help="table file (default ROOT/nns/nns_<...>.pt)")
     p.add_argument("--force", action="store_true", help="re-mine even if a table exists")
     p.set_defaults(func=run_knn)
@@ -387,12 +395,14 @@ def run_knn(args):
                             crop_ratio=args.crop_ratio)
     path = args.out or spec.path
     expect = table_expect(meta, len(dataset), source_fingerprint(dataset))
-    table = None if args.force else existing_table(path, expect, args.k, args.root)
+    table = None if args.force else existing_table(path, expect, args.k, args.root, args.precision)
     if table is None:  # build the backbone only when there is work for it
         backbone = build_backbone(args.backbone, weights=args.weights, seed=args.seed)
+        device = pick_device(args.device or "auto")
+        set_tf32(device, args.precision)
         table = mine_knn(backbone, dataset, path, meta, k=args.k,
                          batch_size=args.batch_size, chunk=args.chunk, key_chunk=args.key_chunk,
-                         device=args.device, workers=worker_count(args.workers), amp=args.amp, force=True,
+                         device=device, workers=worker_count(args.workers), precision=args.precision, force=True,
                          root=args.root)
     print(f"{path}: {table.n} images, k={table.k}")
     return 0

@@ -1,0 +1,10 @@
+"""This suite's table 'beyond' (benchmarks/beyond.py): rows as data, run by `bench` at toy scale on CPU or at full
+scale with --run-gpu."""
+import pytest
+
+from benchmarks.registry import rows
+
+
+@pytest.mark.parametrize("row", rows("beyond"), ids=lambda r: r.slug)
+def test_beyond(row, seed, bench):
+    bench(row, seed)
