@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from .errors import StegoError
 from .inference import sample_features
-from .runtime import autocast, pick_device, set_tf32, worker_count
+from .runtime import pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import StegoError
 from .inference import sample_features
 from .model import ClusterProbe
-from .runtime import autocast, iteration_seed, worker_count
+from .runtime import iteration_seed, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,14 @@ def training_codes(model, backbone, cfg: Config, dataset, device) -> torch.Tenso
     picked = torch.randperm(len(dataset), generator=generator)[:REFIT_IMAGES].sort().values.tolist()
     model.eval()
 
-    def encode(images):
-        with autocast(images.device, cfg.train.precision):
-            feats = backbone(images).float()
-        return model.head(feats)[1]
+    def encode(images):  # the backbone in train.precision (sample_features' autocast), the head in fp32 as in eval
+        feats = backbone(images).float()
+        with torch.autocast(images.device.type, enabled=False):
+            return model.head(feats)[1]
 
     return sample_features(encode, Subset(dataset, picked), REFIT_ROWS, cfg.eval.batch_size,
                            worker_count(cfg.data.workers), refit_seed(cfg, _SAMPLE, 1), device,
-                           precision="fp32")  # encode runs the backbone in train.precision, the head in fp32
+                           precision=cfg.train.precision)
 
 
 def fit_cluster_probes(codes: torch.Tensor, ks: list, seeds: list, steps: int, batch_rows: int, lr: float,

@@ -56,7 +56,7 @@ def test_sidecar_counts_sum_to_the_confusion_of_the_same_predictions(evaluated):
     val = build.val_dataset(cfg)
     images = torch.stack([val[i]["img"] for i in range(len(val))])
     labels = torch.stack([val[i]["label"] for i in range(len(val))])
-    cluster_lp, linear_lp = predict_log_probs(model.eval(), backbone, images, labels.shape[-2:])
+    cluster_lp, linear_lp = predict_log_probs(model.eval(), backbone, images, labels.shape[-2:], "fp32")
     for probe, lp in (("cluster", cluster_lp), ("linear", linear_lp)):
         batched = ConfusionMatrix(lp.shape[1], 5)
         batched.update(lp.argmax(1), labels)
@@ -102,7 +102,7 @@ def test_restarts_are_the_refitted_probes_scored_directly(evaluated):
     val = build.val_dataset(cfg)
     images = torch.stack([val[i]["img"] for i in range(len(val))])
     labels = torch.stack([val[i]["label"] for i in range(len(val))])
-    code = upsampled_code(model.eval(), backbone, images, labels.shape[-2:])  # what the probes are scored on
+    code = upsampled_code(model.eval(), backbone, images, labels.shape[-2:], "fp32")  # what the probes are scored on
     for probe, miou in zip(refits.restarts, spread_section["miou"]):
         confusion = ConfusionMatrix(5, 5)
         confusion.update(probe.cosine(code).argmax(1), labels)
