@@ -56,6 +56,8 @@ class BenchmarkRow:
     note: str = ""
     known_gap: str = ""
     """A documented reason the published number is not expected to reproduce (the GPU check is then xfail)."""
+    toy_note: str = ""
+    """Why the row's switch cannot matter at toy scale (benchmarks/toy.py), where it cannot."""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -91,9 +93,9 @@ def cited(table: str, name: str, numbers: dict, note: str = "") -> BenchmarkRow:
 
 
 def stego(table: str, name: str, preset: str, numbers: dict, ablation: str | None = None, overrides=(),
-          note: str = "") -> BenchmarkRow:
+          note: str = "", toy_note: str = "") -> BenchmarkRow:
     return BenchmarkRow(table, name, "stego", numbers, preset, ablation, tuple(overrides), tolerance=TOL_RETRAINED,
-               selected_on_val=True, note=note)
+                        selected_on_val=True, note=note, toy_note=toy_note)
 
 
 def baseline(table: str, name: str, preset: str, backbone: str, numbers: dict, overrides=(), source="paper",

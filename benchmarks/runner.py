@@ -27,6 +27,7 @@ from stego.errors import MissingFileError, StegoError
 from stego.evaluate import run_eval, validator
 from stego.released import released_path
 from stego.runs import RunDir
+from stego.stats import PROBE_PROTOCOL
 from stego.train import train
 
 from . import toy
@@ -146,9 +147,34 @@ def measured_from(metrics: dict, crf: bool) -> dict:
             "linear_acc": 100 * metrics[linear]["accuracy"], "linear_miou": 100 * metrics[linear]["miou"]}
 
 
-def compare(row: BenchmarkRow, measured: dict | None, checked: bool = True) -> dict:
-    """Per metric the paper reports: paper, measured, difference, tolerance and whether it lies within
-    (None when not `checked`: toy runs are not comparable with the paper)."""
+def measured_intervals(intervals: dict | None, probes: dict) -> dict:
+    """The bootstrap interval [lower, upper] (percent) of each table number, from an eval record's intervals and the
+    probes that give the numbers ({"cluster": "cluster_crf", ...}); absent without intervals."""
+    out = {}
+    for metric in TABLE_METRICS:
+        probe, _, what = metric.partition("_")
+        ci = ((intervals or {}).get(probes[probe]) or {}).get("accuracy" if what == "acc" else "miou")
+        if ci is not None:
+            out[metric] = [100 * ci["lower"], 100 * ci["upper"]]
+    return out
+
+
+def ci_verdict(ci, paper: float, tolerance: float) -> str:
+    """'within' when the whole interval lies inside paper ± tolerance, 'outside' when it lies wholly beyond it,
+    'undecided' when it crosses a bound: the validation images alone could put the number on either side."""
+    lower, upper = ci
+    if lower >= paper - tolerance - 1e-9 and upper <= paper + tolerance + 1e-9:
+        return "within"
+    if upper < paper - tolerance or lower > paper + tolerance:
+        return "outside"
+    return "undecided"
+
+
+def compare(row: BenchmarkRow, measured: dict | None, checked: bool = True, intervals: dict | None = None) -> dict:
+    """Per metric the paper reports: paper, measured, difference, tolerance and whether it lies within; the
+    measured number's interval (`intervals`: measured_intervals) and where it lies against the tolerance (both
+    verdicts None when not `checked`: toy runs are not comparable with the paper); the matching protocol behind it
+    (the paper's: Hungarian for the cluster probe, identity for the linear)."""
     out = {}
     for metric in TABLE_METRICS:
         if row.paper[metric] is None:
@@ -157,8 +183,11 @@ def compare(row: BenchmarkRow, measured: dict | None, checked: bool = True) -> d
         tol = row.tolerance_for(metric)
         diff = None if value is None else value - row.paper[metric]
         within = None if diff is None or tol is None or not checked else abs(diff) <= tol + 1e-9
+        ci = (intervals or {}).get(metric)
+        by_ci = None if ci is None or tol is None or not checked else ci_verdict(ci, row.paper[metric], tol)
         out[metric] = {"paper": row.paper[metric], "measured": value, "diff": diff, "tolerance": tol,
-                       "within": within}
+                       "within": within, "ci": ci, "ci_verdict": by_ci,
+                       "protocol": PROBE_PROTOCOL[metric.partition("_")[0]]}
     return out
 
 
@@ -190,7 +219,8 @@ def _row_fields(row: BenchmarkRow) -> dict:
     return {"row_kind": row.kind, "table": row.table, "row": row.name, "slug": row.slug,
             "row_order": row_order(row), "cited": row.cited,
             "paper": row.paper, "tolerance": {m: row.tolerance_for(m) for m in TABLE_METRICS}, "source": row.source,
-            "note": row.note, "known_gap": row.known_gap, "paper_selected_on_val": row.selected_on_val,
+            "note": row.note, "known_gap": row.known_gap, "toy_note": row.toy_note,
+            "paper_selected_on_val": row.selected_on_val,
             "preset": row.preset, "ablation": row.ablation, "overrides": list(row.overrides),
             "backbone": row.backbone, "release_checkpoint": row.checkpoint}
 
@@ -249,9 +279,14 @@ def run_row(row: BenchmarkRow, scale: str, seed: int, results_dir, data_root=Non
         probes = ("cluster_crf", "linear_crf") if cfg.eval.crf else ("cluster", "linear")
         record.config, record.eval_record = cfg.to_dict(), _relative(eval_file, record_dir)
         record.metrics, record.analysis = evaluation.metrics, _analysis(evaluation, eval_file, record_dir)
+        record.intervals, record.protocols = evaluation.intervals, evaluation.protocols
+        record.cluster_spread = evaluation.cluster_spread
+        if evaluation.image_counts:
+            record.image_counts = _relative(eval_file.parent / evaluation.image_counts, record_dir)
         record.measured = dict(zip(("cluster", "linear"), probes))
         record.measured_values = measured_from(evaluation.metrics, cfg.eval.crf)
-    record.comparison = compare(row, record.measured_values, checked=scale == "paper")
+    intervals = measured_intervals(record.intervals, record.measured) if record.measured else None
+    record.comparison = compare(row, record.measured_values, checked=scale == "paper", intervals=intervals)
     prov = records.provenance()
     record.seconds, record.versions, record.git_commit = time.perf_counter() - started, prov["versions"], \
         prov["git_commit"]

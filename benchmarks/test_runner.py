@@ -6,6 +6,9 @@ import pytest
 from benchmarks import runner, toy
 from benchmarks.registry import BenchmarkRow, paper, row, rows
 from stego import records
+from stego.backbones import build_backbone, spec_of
+from stego.config import load_config
+from stego.projection import FIXED
 from stego.errors import MissingFileError, StegoError
 from tests.fixtures import write_cocostuff
 
@@ -27,6 +30,35 @@ def test_compare_checks_each_printed_number_against_its_tolerance():
     toy_out = runner.compare(r, {"cluster_acc": 0.0, "cluster_miou": 0.0, "linear_acc": 0, "linear_miou": 0},
                              checked=False)
     assert {c["within"] for c in toy_out.values()} == {None}
+
+
+def test_interval_verdicts_place_the_whole_interval_against_the_tolerance_band():
+    # paper 48.3 ± 3.0: the band is [45.3, 51.3]
+    assert runner.ci_verdict([45.3, 51.3], 48.3, 3.0) == "within"
+    assert runner.ci_verdict([46.0, 52.0], 48.3, 3.0) == "undecided"  # crosses the upper bound
+    assert runner.ci_verdict([40.0, 60.0], 48.3, 3.0) == "undecided"  # holds the whole band
+    assert runner.ci_verdict([51.4, 53.0], 48.3, 3.0) == "outside"
+    assert runner.ci_verdict([40.0, 45.2], 48.3, 3.0) == "outside"
+
+
+def test_compare_records_each_numbers_interval_and_its_verdict():
+    intervals = {"cluster_crf": {"miou": {"lower": 0.20, "upper": 0.26}, "accuracy": {"lower": 0.40, "upper": 0.43}},
+                 "linear_crf": {"miou": {"lower": 0.3, "upper": 0.4}, "accuracy": {"lower": 0.7, "upper": 0.8}}}
+    cis = runner.measured_intervals(intervals, {"cluster": "cluster_crf", "linear": "linear_crf"})
+    want = {"cluster_acc": [40.0, 43.0], "cluster_miou": [20.0, 26.0], "linear_acc": [70.0, 80.0],
+            "linear_miou": [30.0, 40.0]}
+    assert sorted(cis) == sorted(want) and all(cis[k] == pytest.approx(want[k]) for k in want)
+    r = toy_row(cluster_acc=5.0, cluster_miou=3.0)
+    measured = {"cluster_acc": 42.0, "cluster_miou": 23.0, "linear_acc": 75.0, "linear_miou": 35.0}
+    out = runner.compare(r, measured, intervals=cis)
+    # acc: 42.0 and its whole interval lie below 48.3 - 5 = 43.3; mIoU: 23.0 within 24.5 ± 3, its interval [20, 26] not
+    assert (out["cluster_acc"]["within"], out["cluster_acc"]["ci_verdict"]) == (False, "outside")
+    assert (out["cluster_miou"]["within"], out["cluster_miou"]["ci_verdict"]) == (True, "undecided")
+    assert out["cluster_miou"]["ci"] == pytest.approx([20.0, 26.0])
+    with_linear = BenchmarkRow("table9", "row", "stego", paper(48.3, 24.5, 74.4, 38.3), "cocostuff27_vits8_paper")
+    both = runner.compare(with_linear, measured, intervals=cis)
+    assert (out["cluster_acc"]["protocol"], both["linear_miou"]["protocol"]) == ("hungarian", "identity")
+    assert {c["ci_verdict"] for c in runner.compare(r, measured, checked=False, intervals=cis).values()} == {None}
 
 
 def test_measured_numbers_are_percent_and_follow_the_crf_setting():
@@ -54,18 +86,28 @@ def test_rows_that_differ_only_in_evaluation_share_one_training(scale):
 
 
 @pytest.mark.parametrize("r", RUN_ROWS, ids=lambda r: f"{r.table}-{r.slug}")
-def test_toy_config_keeps_the_rows_switches_and_maps_its_backbone(r):
+def test_toy_config_keeps_the_rows_switches_and_takes_the_worlds_values(r):
     full = r.config()
     small = runner.row_config(r, "toy", 3, "toy-root")
-    for section, keys in {"loss": ("zero_clamp", "pointwise", "stabilize", "lambda_self", "lambda_knn", "lambda_rand",
-                                   "b_self", "b_knn", "b_rand"),
+    world = load_config(toy.WORLD)
+    for section, keys in {"loss": ("zero_clamp", "pointwise", "stabilize"),
                           "data": ("crop", "crop_ratio", "num_neighbors"), "model": ("projection",),
                           "eval": ("crf",)}.items():
         for key in keys:
             assert getattr(getattr(small, section), key) == getattr(getattr(full, section), key), f"{section}.{key}"
+    for term in ("self", "knn", "rand"):  # a term the row switches off stays off; the others weigh as the world's
+        weight = getattr(small.loss, f"lambda_{term}")
+        assert weight == (getattr(world.loss, f"lambda_{term}") if getattr(full.loss, f"lambda_{term}") else 0.0)
+        assert getattr(small.loss, f"b_{term}") == getattr(world.loss, f"b_{term}")
+    if full.model.projection in FIXED:  # a reduction keeps its place on the dimension scale (toy.toy_dim)
+        channels = build_backbone(small.model.backbone, "random").dim
+        assert small.model.dim == toy.toy_dim(full.model.dim, spec_of(full.model.backbone).dim, channels)
+    else:
+        assert small.model.dim == (world.model.dim if full.model.projection != "none" else full.model.dim)
     assert small.model.backbone == toy.BACKBONE_MAP[full.model.backbone]
     assert (small.data.dataset, small.data.root, small.train.seed, small.train.device) == ("synthetic", "toy-root",
                                                                                           3, "cpu")
+    assert (small.data.res, small.eval.res) == (world.data.res, world.eval.res)
 
 
 def test_missing_inputs_are_one_line_errors_naming_the_file(tmp_path, monkeypatch):
@@ -137,10 +179,12 @@ def test_a_paper_scale_row_runs_end_to_end_on_a_tiny_dataset_in_the_real_layout(
     assert (tmp_path / "res" / "table9" / "tiny-cocostuff" / "seed0" / "record.json").is_file()
 
 
-def test_selection_on_validation_trains_apart_and_says_so(tmp_path):
-    root = toy.make_toy_data(tmp_path / "toy")
+def test_selection_on_validation_trains_apart_and_says_so(tmp_path, data_root, results_dir, scale):
+    if scale != "toy":
+        pytest.skip("a toy-scale harness test")
+    root = data_root
     r = row("table3", "STEGO")
-    last = runner.run_row(r, "toy", 0, tmp_path / "a", data_root=root)
+    last = runner.run_row(r, "toy", 0, results_dir, data_root=root)  # the session's run of the row, or its record
     best = runner.run_row(r, "toy", 0, tmp_path / "b", data_root=root, select_on_val=True)
     assert last.checkpoint_selection == "last" and best.checkpoint.endswith("best.pt")
     assert best.checkpoint_selection == "best validation cluster mIoU"
@@ -149,14 +193,17 @@ def test_selection_on_validation_trains_apart_and_says_so(tmp_path):
         runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root, select_on_val=True))
 
 
-def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys):
+def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys, results_dir, data_root, scale):
     from benchmarks.cli import main
     from stego.sweep import load_jobs
 
+    if scale != "toy":
+        pytest.skip("a toy-scale harness test")
     assert main(["ls", "--table", "table5"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 + len(rows("table5")) and "no random loss" in listed[-1] and "39.8 (±5)" in listed[-1]
-    results = tmp_path / "res"
+    results = results_dir  # the session's: the row's record is reused once any test ran it
+    runner.run_row(row("table3", "STEGO"), "toy", 0, results, data_root=data_root)
     assert main(["run", "--table", "table3", "--row", "STEGO", "--scale", "toy", "--results-dir", str(results)]) == 0
     printed = capsys.readouterr().out
     assert "table3 / STEGO seed 0: cluster_acc" in printed and "(paper 73.2)" in printed

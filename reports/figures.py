@@ -92,6 +92,17 @@ def cooccurrence_figure(knn: dict, names, path: Path) -> None:
     save_figure(fig, path)
 
 
+def overclustering_figure(curves: dict, path: Path) -> None:
+    """mIoU against the number of clusters K of each row's refitted cluster probes, many-to-one (majority) mapped:
+    the over-clustering curves, K from the number of classes to three times it. curves: label -> record section."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+    for label, curve in curves.items():
+        ax.plot(curve["ks"], 100 * _floats(curve["miou"]), marker="o", ms=3, label=label)
+    ax.set(xlabel="clusters K", ylabel="mIoU (majority mapping, %)", title="over-clustering")
+    ax.legend(fontsize=6, loc="best")
+    save_figure(fig, path)
+
+
 def histogram_figure(histograms: list, path: Path) -> None:
     """Sampled code correlations of the self, KNN and random terms at a few training iterations (Fig. 14)."""
     histograms = sorted(histograms, key=lambda h: h["iteration"])

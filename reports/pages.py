@@ -17,10 +17,11 @@ from stego.errors import StegoError
 from stego.io import atomic_write, writable_folder
 from stego.records import slug
 
-from .figures import run_figures
+from .ablations import ablation_section
+from .figures import overclustering_figure, run_figures
 from .runs import group_rows, load_records
 from .sweeps import dimension_figure
-from .tables import _number, markdown, probes_table, results_table, write_csv
+from .tables import _number, markdown, probes_table, protocols_table, results_table, spread_table, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def row_notes(rows, many: bool) -> list[str]:
             parts.append(f"source: {record.source}")
         if record.known_gap:
             parts.append(f"known gap: {record.known_gap}")
+        if record.toy_note and row.scale == "toy":
+            parts.append(f"at toy scale: {record.toy_note}")
         if parts:
             lines.append(f"- **{row.label(many)}**: {'; '.join(parts)}")
     return ["## Notes", "", *lines, ""] if lines else []
@@ -111,6 +114,37 @@ def _runs_table(rows, many: bool, table: str, out_dir: Path) -> tuple[list[str],
     return lines, run_dirs
 
 
+def _image(target: Path, base: Path, alt: str) -> str:
+    return f"![{alt}]({quote(Path(os.path.relpath(target, base)).as_posix())})"
+
+
+def _protocol_sections(rows, many: bool, folder: Path, out_dir: Path) -> list[str]:
+    """The cluster probe under other matching protocols, its over-clustering curves and its restarts."""
+    lines = []
+    protocols = protocols_table(rows, many)
+    if not protocols.empty:
+        lines += ["## Cluster probe: matching protocols", "",
+                  "The measured cluster probe scored by one-to-one Hungarian matching on the test set (the paper's "
+                  "protocol, the only one compared with the paper), many-to-one majority mapping, and Hungarian "
+                  "fitted on a seeded half of the validation images and scored on the other half; over-clustering: "
+                  "the cluster probe refitted with K clusters on the training codes (no CRF), majority-mapped.", "",
+                  *_table(protocols, folder / "protocols.csv", out_dir)]
+        curves = {row.label(many): row.first.record.protocols["overclustering"] for row in rows
+                  if "overclustering" in (getattr(row.first.record, "protocols", None) or {})}
+        if curves:
+            overclustering_figure(curves, folder / "overclustering.png")
+            lines += [_image(folder / "overclustering.png", out_dir, "over-clustering curves"), ""]
+    spread = spread_table(rows, many)
+    if not spread.empty:
+        lines += ["## Cluster probe: restarts", "",
+                  "The cluster probe refitted from seeded restarts on the trained head's codes of the training "
+                  "images, as training fits it (stego.refits), scored without CRF by Hungarian matching; trained: "
+                  "the probe that training fitted, also without CRF. A wide range means the cluster number depends "
+                  "on the probe's init as much as on the head (STEGO issue #39).", "",
+                  *_table(spread, folder / "restarts.csv", out_dir)]
+    return lines
+
+
 def table_report(table: str, runs, out_dir: Path) -> Path:
     """Write `<out>/<table slug>.md` with its CSVs, figures and run configs under `<out>/<table slug>/`."""
     page, folder = out_dir / f"{slug(table)}.md", out_dir / slug(table)
@@ -120,25 +154,33 @@ def table_report(table: str, runs, out_dir: Path) -> Path:
     lines = [f"# {table}", "",
              f"Built by `stego report RESULTS_DIR` from {len(runs)} record(s) of {len(rows)} row(s); scale: "
              f"{', '.join(scales)}.",
-             "Values are percentages. Paper numbers as printed; measured = mean ± sample standard deviation (n − 1) "
-             "over seeds; Δ = measured − paper. Measured is the probe the record names (the DenseCRF-refined one "
-             "when the run's config had `eval.crf` on), else the plain probe.", "",
+             "Values are percentages. Paper numbers as printed; Δ = measured − paper. Measured is the probe the "
+             "record names (the DenseCRF-refined one when the run's config had `eval.crf` on), else the plain probe. "
+             "Protocol: cluster numbers after one-to-one Hungarian matching on the test set (the paper's), linear "
+             "numbers by identity; other protocols below. One seed: the number [its 95% percentile bootstrap "
+             "interval over the validation images, recorded at evaluation]; several seeds: mean ± sample standard "
+             "deviation (n − 1), t [the 95% Student t interval over seeds].", "",
              "## Results", "", *_table(results_table(rows, many), folder / "results.csv", out_dir)]
     notes = []
     if any(r.first.cited for r in rows):
         notes.append("† cited: a method this suite does not re-run; the paper's number is carried.")
     if any(r.scale == "paper" for r in rows):
         notes.append("✓ / ✗: |Δ| within / beyond the row's tolerance, as the runner recorded it (paper scale only; "
-                     "k/n ✓: k of n seeds within).")
+                     "k/n ✓: k of n seeds within). (CI within / outside / undecided): where the number's bootstrap "
+                     "interval lies against paper ± tolerance, as recorded (docs/benchmarks.md).")
     lines += [" ".join(notes), ""] if notes else []
     lines += row_notes(rows, many)
+    ablation_lines, ablations = ablation_section(runs, folder, lambda target, alt: _image(target, out_dir, alt))
+    if ablations is not None:
+        lines += [*ablation_lines, *_table(ablations, folder / "ablations.csv", out_dir)]
     sweep = folder / "figures" / "dimension_sweep.png"
     if dimension_figure(rows, sweep):
         lines += ["## Dimension sweep", "", "Cluster mIoU of raw features reduced by PCA or a random projection, "
                   "against the dimension (log scale); the raw features' own score as a dotted line; STEGO at its code "
-                  "dimension as a star.", "", f"![dimension sweep]({quote(os.path.relpath(sweep, out_dir))})", ""]
-    lines += ["## All probes", "", *_table(probes_table(rows, many), folder / "probes.csv", out_dir),
-              "## Environment", "", *environment(runs), "", "## Runs", ""]
+                  "dimension as a star.", "", _image(sweep, out_dir, "dimension sweep"), ""]
+    lines += ["## All probes", "", *_table(probes_table(rows, many), folder / "probes.csv", out_dir)]
+    lines += _protocol_sections(rows, many, folder, out_dir)
+    lines += ["## Environment", "", *environment(runs), "", "## Runs", ""]
     run_lines, run_dirs = _runs_table(rows, many, table, out_dir)
     lines += [*run_lines, "", "## Figures", ""]
     for row in rows:

@@ -165,6 +165,13 @@ class EvalConfig:
     crf_timeout: float = checked(120.0, "positive", lambda v: v > 0)
     max_images: int = at_least(0, 0)
     """0: the whole split."""
+    bootstrap_resamples: int = checked(1000, "0 or at least 2", lambda v: v == 0 or v >= 2)
+    """Percentile-bootstrap resamples over images behind every interval of an eval record (0: no intervals)."""
+    bootstrap_seed: int = at_least(0, 0)
+    cluster_restarts: int = at_least(5, 0)
+    """Seeded refits of the cluster probe on the trained head's codes, scored beside it (stego.refits; 0: none)."""
+    overclustering: bool = True
+    """Also refit the cluster probe with K = 1…3 × classes and score it many-to-one (the over-clustering curve)."""
 
     def __post_init__(self):
         check_fields(self, "eval")

@@ -1,7 +1,9 @@
 """Evaluation as docs/protocol.md §7: flip TTA at feature resolution, bilinear upsampling, both probes, optional CRF.
 
 Writes one JSON run record (config, metrics with and without CRF, per-class IoU, confusion matrices, timings,
-versions, git commit) atomically.
+versions, git commit; bootstrap intervals, the cluster numbers under other matching protocols, the spread of the
+refitted cluster probe) atomically, and the per-image counts it was computed from in a sidecar (RunDir-style
+name: stego.runs.counts_file), so any metric can be recomputed and resampled without the model.
 """
 import logging
 import shlex
@@ -16,29 +18,38 @@ from .analysis import analyze_run
 from .checkpoint import load_for_eval
 from .config import Config
 from .errors import StegoError
-from .inference import crf_pool, crf_refine, predict_log_probs
+from .inference import crf_pool, crf_refine, probe_log_probs, upsampled_code
 from .io import writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
-from .runtime import pick_device, set_tf32, worker_count
+from .refits import Refits, refit_probes
+from .runs import counts_file
+from .runtime import pick_device, set_tf32, set_threads, worker_count
+from .stats import ImageCountsBuilder
+from .uncertainty import cluster_spread, counts_json, intervals, protocol_of, protocols
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
-             desc: str = "eval", should_stop=None) -> dict | None:
-    """Scores of both probes over `dataset` (and after DenseCRF when `crf`); returns the metrics section, or None
-    when `should_stop()` (asked before each batch) turns true first: a stop signal must not wait for a long pass."""
+def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None,
+                max_images: int | None = None, desc: str = "eval", should_stop=None, refits: Refits | None = None):
+    """(metrics section, per-image counts by probe, summed confusions of the refits) over `dataset`, or None when
+    `should_stop()` (asked before each batch) turns true first: a stop signal must not wait for a long pass.
+
+    Every probe (and after DenseCRF when `crf`) is counted per image (stego.stats.ImageCounts); the refitted
+    cluster probes (stego.refits, without CRF) only in sum: {"restarts": [confusion], "overclustering": {K: ...}}.
+    """
     device = device or next(model.parameters()).device
     crf = cfg.eval.crf if crf is None else crf
     limit = cfg.eval.max_images if max_images is None else max_images
     if limit:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    refits = refits or Refits()
     n_classes = model.n_classes
     n_clusters = model.cluster_probe.clusters.shape[0]
-    confusions = {"cluster": ConfusionMatrix(n_clusters, n_classes), "linear": ConfusionMatrix(n_classes, n_classes)}
-    if crf:
-        confusions.update({"cluster_crf": ConfusionMatrix(n_clusters, n_classes),
-                           "linear_crf": ConfusionMatrix(n_classes, n_classes)})
+    probes = ["cluster", "linear"] + (["cluster_crf", "linear_crf"] if crf else [])
+    builders = {p: ImageCountsBuilder(n_clusters if p.startswith("cluster") else n_classes, n_classes) for p in probes}
+    restarts = [ConfusionMatrix(n_classes, n_classes) for _ in refits.restarts]
+    over = {k: ConfusionMatrix(k, n_classes) for k in refits.overclustering}
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=worker_count(cfg.data.workers),
                         pin_memory=torch.device(device).type == "cuda")
     model.eval()
@@ -52,26 +63,44 @@ def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | Non
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
-            cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:],
-                                                      cfg.train.precision)
+            code = upsampled_code(model, backbone, images, labels.shape[-2:], cfg.train.precision)
+            cluster_lp, linear_lp = probe_log_probs(model, code)
+            predictions = {"cluster": cluster_lp.argmax(1), "linear": linear_lp.argmax(1)}
+            refitted = [*zip(restarts, refits.restarts), *zip(over.values(), refits.overclustering.values())]
+            with torch.no_grad():
+                for matrix, probe in refitted:
+                    matrix.update(probe.cosine(code).argmax(1), labels)
             timings["network"] += time.perf_counter() - start
-            confusions["cluster"].update(cluster_lp.argmax(1), labels)
-            confusions["linear"].update(linear_lp.argmax(1), labels)
             if crf:
                 start = time.perf_counter()
-                confusions["cluster_crf"].update(crf_refine(images, cluster_lp, pool).argmax(1), labels)
-                confusions["linear_crf"].update(crf_refine(images, linear_lp, pool).argmax(1), labels)
+                predictions["cluster_crf"] = crf_refine(images, cluster_lp, pool).argmax(1)
+                predictions["linear_crf"] = crf_refine(images, linear_lp, pool).argmax(1)
                 timings["crf"] += time.perf_counter() - start
+            truth = labels.numpy()
+            for probe, pred in predictions.items():
+                for p, t in zip(pred.cpu().numpy(), truth):
+                    builders[probe].add(p, t)
     finally:
         if pool is not None:
             pool.close()
+    counts = {probe: builder.build() for probe, builder in builders.items()}
     metrics = {}
-    for name, confusion in confusions.items():
-        scores = cluster_scores(confusion) if name.startswith("cluster") else linear_scores(confusion)
-        metrics[name] = scores.as_dict()
+    for probe, c in counts.items():
+        scored = cluster_scores(c.total()) if probe.startswith("cluster") else linear_scores(c.total())
+        metrics[probe] = {**scored.as_dict(), "protocol": protocol_of(probe)}
     metrics["images"] = len(dataset)
     metrics["seconds"] = timings
-    return metrics
+    refit_confusions = {"restarts": [m.counts.numpy() for m in restarts],
+                        "overclustering": {k: m.counts.numpy() for k, m in over.items()}}
+    return metrics, counts, refit_confusions
+
+
+def evaluate(model, backbone, dataset, cfg: Config, device=None, crf: bool | None = None, max_images: int | None = None,
+             desc: str = "eval", should_stop=None) -> dict | None:
+    """The metrics section of `score_split` (scores of both probes, and after DenseCRF when `crf`), or None when
+    stopped first."""
+    scored = score_split(model, backbone, dataset, cfg, device, crf, max_images, desc, should_stop)
+    return None if scored is None else scored[0]
 
 
 def validator(cfg: Config):
@@ -109,18 +138,28 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     dataset = build.val_dataset(cfg, split, model.n_classes)
     check_scorable(dataset, model.n_classes, cfg, split, checkpoint)
     device = pick_device(cfg.train.device)
+    set_threads(cfg.train.threads)
     set_tf32(device, cfg.train.precision)
     model, backbone = model.to(device), backbone.to(device)
-    metrics = evaluate(model, backbone, dataset, cfg, device, crf=crf)
-    record = records.EvalRecord(name=cfg.name, config=cfg.to_dict(), checkpoint=str(checkpoint), split=split,
-                                metrics=metrics, seconds=time.perf_counter() - started, seed=cfg.train.seed,
-                                **records.provenance())
+    refits = refit_probes(model, backbone, cfg, device)
+    metrics, counts, refit_confusions = score_split(model, backbone, dataset, cfg, device, crf=crf, refits=refits)
+    counts_path = counts_file(out_path)
+    records.write(records.ImageCountsRecord(split=split, images=metrics["images"], probes=counts_json(counts)),
+                  counts_path)
+    record = records.EvalRecord(
+        name=cfg.name, config=cfg.to_dict(), checkpoint=str(checkpoint), split=split, metrics=metrics,
+        seconds=time.perf_counter() - started, seed=cfg.train.seed, image_counts=counts_path.name,
+        intervals=intervals(counts, cfg.eval),
+        protocols=protocols(counts, refit_confusions["overclustering"], cfg.eval.bootstrap_seed),
+        cluster_spread=cluster_spread(refit_confusions["restarts"], refits.seeds, refits.skipped),
+        **records.provenance())
     records.write(record, out_path)
     record.analysis = analyze_run(model, backbone, dataset, cfg, metrics, out_path, checkpoint,
                                   crf="cluster_crf" in metrics)
     records.write(record, out_path)
+    crf_part = metrics.get("cluster_crf")
+    with_crf = f" | with CRF: cluster mIoU {100 * crf_part['miou']:.1f}" if crf_part else ""
     log.info("%s: cluster mIoU %.1f acc %.1f | linear mIoU %.1f acc %.1f%s", cfg.name,
              100 * metrics["cluster"]["miou"], 100 * metrics["cluster"]["accuracy"],
-             100 * metrics["linear"]["miou"], 100 * metrics["linear"]["accuracy"],
-             f" | with CRF: cluster mIoU {100 * metrics['cluster_crf']['miou']:.1f}" if "cluster_crf" in metrics else "")
+             100 * metrics["linear"]["miou"], 100 * metrics["linear"]["accuracy"], with_crf)
     return record

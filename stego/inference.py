@@ -1,10 +1,14 @@
 """From images to predictions, as evaluation scores them (docs/protocol.md §7): the code averaged over the image
 and its horizontal flip, bilinear upsampling, both probes' log-probabilities, and DenseCRF refinement through a
 worker pool that cannot hang (stego.crf). Evaluation, analysis, predict, the demo and the k-means baseline all
-predict through here."""
+predict through here; `sample_features` draws the feature (or code) vectors that k-means and the probe refits fit."""
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .config import Config
 from .runtime import autocast, worker_count
@@ -22,12 +26,23 @@ def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Ten
 
 
 @torch.no_grad()
+def upsampled_code(model, backbone, images: torch.Tensor, size, precision: str) -> torch.Tensor:
+    """The TTA code (backbone in `precision`) bilinearly upsampled to `size`: what every probe, refitted ones too,
+    is scored on."""
+    return F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
+                         align_corners=False)
+
+
+@torch.no_grad()
+def probe_log_probs(model, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster log-probs, linear log-probs) of an upsampled code."""
+    return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
+
+
 def predict_log_probs(model, backbone, images: torch.Tensor, size, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(cluster log-probs, linear log-probs) at `size`, from the bilinearly upsampled TTA code (backbone in
     `precision`)."""
-    code = F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
-                         align_corners=False)
-    return model.cluster_probe.log_probs(code), torch.log_softmax(model.linear_probe(code), dim=1)
+    return probe_log_probs(model, upsampled_code(model, backbone, images, size, precision))
 
 
 def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torch.Tensor:
@@ -46,3 +61,24 @@ def crf_pool(cfg: Config):
 
     n = worker_count(cfg.eval.crf_workers, "crf")
     return CrfPool(n, timeout=cfg.eval.crf_timeout) if n > 0 else None
+
+
+@torch.no_grad()
+def sample_features(backbone, dataset, max_rows: int = 200_000, batch_size: int = 32, workers: int = 0,
+                    seed: int = 0, device=None, *, precision: str) -> torch.Tensor:
+    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images (backbone in `precision`), an equal seeded
+    share of each image's grid."""
+    device = device or torch.device("cpu")
+    per_image = max(1, math.ceil(max_rows / len(dataset)))
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    for batch in tqdm(loader, desc="sampling features", leave=False):
+        with autocast(device, precision):
+            feats = backbone(batch["img"].to(device)).float().cpu()
+        b, c, h, w = feats.shape
+        flat = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        for f in flat:
+            pick = torch.randperm(h * w, generator=generator)[:per_image] if per_image < h * w else slice(None)
+            rows.append(f[pick])
+    return torch.cat(rows)[:max_rows]

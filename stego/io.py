@@ -122,8 +122,9 @@ def save_png(array, path, palette=None) -> None:
         image.save(f, format="PNG")
 
 
-def atomic_save_json(obj, path):
-    """Write `obj` as indented JSON to `path` atomically."""
+def atomic_save_json(obj, path, compact: bool = False):
+    """Write `obj` as indented JSON to `path` atomically (compact: on one line, for long lists of numbers)."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        json.dump(obj, f, indent=None if compact else 2, separators=(",", ":") if compact else None, sort_keys=True,
+                  default=str)
         f.write("\n")

@@ -8,17 +8,15 @@ centroid by cosine, optional CRF, Hungarian matching): the head is replaced by t
 """
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .errors import StegoError
-from .runtime import autocast, pick_device, set_tf32, worker_count
+from .inference import sample_features
+from .runtime import pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -115,27 +113,6 @@ def spherical_kmeans(x: Tensor, k: int, restarts: int = 5, iterations: int = 100
         if best is None or history[-1] > best.objective:
             best = KMeansResult(centroids, labels, history[-1], history)
     return best
-
-
-@torch.no_grad()
-def sample_features(backbone, dataset, max_rows: int = 200_000, batch_size: int = 32, workers: int = 0,
-                    seed: int = 0, device=None, *, precision: str) -> Tensor:
-    """Backbone feature vectors [≤ max_rows, C] of `dataset`'s images (backbone in `precision`), an equal seeded
-    share of each image's grid."""
-    device = device or torch.device("cpu")
-    per_image = max(1, math.ceil(max_rows / len(dataset)))
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    for batch in tqdm(loader, desc="k-means features", leave=False):
-        with autocast(device, precision):
-            feats = backbone(batch["img"].to(device)).float().cpu()
-        b, c, h, w = feats.shape
-        flat = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        for f in flat:
-            pick = torch.randperm(h * w, generator=generator)[:per_image] if per_image < h * w else slice(None)
-            rows.append(f[pick])
-    return torch.cat(rows)[:max_rows]
 
 
 def raw_feature_kmeans(cfg, device=None, crf: bool | None = None, max_rows: int = 200_000, restarts: int = 5,

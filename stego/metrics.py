@@ -93,12 +93,16 @@ def scores(counts, match: np.ndarray | None = None) -> Scores:
     return Scores(miou, accuracy, iou.tolist(), match.tolist(), counts.astype(np.int64).tolist())
 
 
-def cluster_scores(confusion: ConfusionMatrix) -> Scores:
-    """Scores of cluster predictions after one global Hungarian matching."""
-    counts = confusion.counts.numpy()
+def _counts(confusion) -> np.ndarray:
+    return confusion.counts.numpy() if isinstance(confusion, ConfusionMatrix) else np.asarray(confusion)
+
+
+def cluster_scores(confusion) -> Scores:
+    """Scores of cluster predictions (a ConfusionMatrix or its counts) after one global Hungarian matching."""
+    counts = _counts(confusion)
     return scores(counts, hungarian_match(counts))
 
 
-def linear_scores(confusion: ConfusionMatrix) -> Scores:
+def linear_scores(confusion) -> Scores:
     """Scores of linear-probe predictions (class index = prediction index)."""
-    return scores(confusion.counts.numpy())
+    return scores(_counts(confusion))

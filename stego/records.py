@@ -3,7 +3,8 @@
 | kind | written by | what |
 |---|---|---|
 | train_summary | stego.train | iterations done, best validation, time, world size, precision |
-| eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with and without CRF), its analysis files |
+| eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with and without CRF), how sure they are, analysis files |
+| image_counts | stego.evaluate | the per-image confusion counts of an eval record's probes (its sidecar) |
 | benchmark | benchmarks.runner | one paper-table row and seed: the paper's numbers, the measured ones, the verdicts |
 | hyperparameters | benchmarks.runner | paper Table 6 rendered from the presets |
 | demo | stego.demo | the demo's three results and step times |
@@ -77,18 +78,27 @@ class TrainSummary:
 @dataclass
 class EvalRecord:
     KIND = "eval"
-    FORMAT = 1
+    FORMAT = 2
+    """2: image_counts, intervals, protocols, cluster_spread and each probe's protocol added."""
     name: str
     config: dict
     checkpoint: str
     split: str
     metrics: dict
-    """Per probe ('cluster', 'linear', with '_crf' after DenseCRF): miou, accuracy, iou, match, confusion; plus
-    'images' and 'seconds' (network, crf)."""
+    """Per probe ('cluster', 'linear', with '_crf' after DenseCRF): miou, accuracy, iou, match, confusion and the
+    matching protocol ('hungarian' or 'identity'); plus 'images' and 'seconds' (network, crf)."""
     seconds: float
     seed: int
     versions: dict
     git_commit: str
+    image_counts: str | None = None
+    """The ImageCountsRecord sidecar (stego.runs.counts_file), relative to the record."""
+    intervals: dict | None = None
+    """{probe: {"miou" | "accuracy": stego.stats.BootstrapCI as a dict}} (stego.uncertainty.intervals)."""
+    protocols: dict | None = None
+    """{cluster probe: {protocol: {miou, accuracy}}, "overclustering": {ks, miou, accuracy}} (fractions)."""
+    cluster_spread: dict | None = None
+    """The cluster probe refitted from seeded restarts: seeds, miou, accuracy, and their median and range."""
     analysis: dict | None = None
     """{"data": <analysis folder>/analysis.json relative to the record, "ap_features", "ap_code"}."""
     sweep: dict | None = None
@@ -96,9 +106,21 @@ class EvalRecord:
 
 
 @dataclass
+class ImageCountsRecord:
+    KIND = "image_counts"
+    FORMAT = 1
+    split: str
+    images: int
+    probes: dict
+    """{probe: stego.stats.ImageCounts.to_json()}: each image's confusion entries, rows prediction, columns truth."""
+
+
+@dataclass
 class BenchmarkRecord:
     KIND = "benchmark"
-    FORMAT = 1
+    FORMAT = 2
+    """2: toy_note, intervals, protocols, cluster_spread, image_counts; comparison entries gain ci, ci_verdict and
+    protocol."""
     row_kind: str
     table: str
     row: str
@@ -119,12 +141,16 @@ class BenchmarkRecord:
     seed: int
     scale: str
     run_overrides: list
+    toy_note: str = ""
+    """Why the row's switch cannot matter at toy scale, where it cannot (the registry row's)."""
     measured: dict | None = None
     """Which metrics entry gives each probe's table number: {"cluster": "cluster_crf", "linear": ...}."""
     measured_values: dict | None = None
     """The four table numbers in percent (cluster_acc, cluster_miou, linear_acc, linear_miou)."""
     comparison: dict = field(default_factory=dict)
-    """Per metric the paper reports: paper, measured, diff, tolerance, within (None unless paper scale)."""
+    """Per metric the paper reports: paper, measured, diff, tolerance, within (None unless paper scale), the
+    measured number's bootstrap interval `ci` [lower, upper], `ci_verdict` (benchmarks.runner.ci_verdict) and the
+    matching `protocol` behind the number."""
     checkpoint_selection: str | None = None
     checkpoint: str | None = None
     config: dict | None = None
@@ -132,6 +158,12 @@ class BenchmarkRecord:
     train_config: str | None = None
     eval_record: str | None = None
     metrics: dict | None = None
+    intervals: dict | None = None
+    protocols: dict | None = None
+    cluster_spread: dict | None = None
+    """The eval record's sections of these names (records.EvalRecord)."""
+    image_counts: str | None = None
+    """The eval record's per-image counts sidecar, relative to this record."""
     analysis: dict | None = None
     seconds: float = 0.0
     versions: dict = field(default_factory=dict)
@@ -192,8 +224,8 @@ class TuningRecord:
     git_commit: str
 
 
-SCHEMAS = {cls.KIND: cls for cls in (TrainSummary, EvalRecord, BenchmarkRecord, HyperparameterRecord, DemoRecord,
-                                     TuningRecord)}
+SCHEMAS = {cls.KIND: cls for cls in (TrainSummary, EvalRecord, ImageCountsRecord, BenchmarkRecord, HyperparameterRecord,
+                                     DemoRecord, TuningRecord)}
 
 
 def now() -> str:
@@ -206,8 +238,8 @@ def to_dict(record) -> dict:
 
 
 def write(record, path) -> None:
-    """Write a record atomically as JSON."""
-    atomic_save_json(to_dict(record), path)
+    """Write a record atomically as JSON (indented; an ImageCountsRecord on one line: it is long lists of ints)."""
+    atomic_save_json(to_dict(record), path, compact=isinstance(record, ImageCountsRecord))
 
 
 def from_dict(data, source: str = "record", kind: str | None = None):

@@ -71,3 +71,10 @@ def analysis_dir(record: Path) -> Path:
     """The folder of side files (figures' data, examples) beside an evaluation record: <stem>_analysis/."""
     record = Path(record)
     return record.parent / f"{record.stem}_analysis"
+
+
+def counts_file(record: Path) -> Path:
+    """The per-image confusion counts of an evaluation record (stego.stats.ImageCounts by probe): <stem>_counts.json
+    beside it, a sidecar so that the record itself stays small."""
+    record = Path(record)
+    return record.parent / f"{record.stem}_counts.json"

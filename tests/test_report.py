@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from stego.cli import main
 from stego import records
@@ -161,10 +162,12 @@ def test_report_cells_paper_measured_delta_and_marks(results, tmp_path):
     cells = line_of(page, "STEGO")
     # Row, Seeds, then paper | measured | Δ for cluster acc, cluster mIoU, linear acc, linear mIoU.
     assert cells[:2] == ["STEGO", "0, 1"]
-    # std of 52, 54 is √2; the verdicts are the records': seed 0 (|Δ| 2) within tolerance 2, seed 1 (|Δ| 4) not
-    assert cells[2:5] == ["50.0", "53.0 ± 1.4", "+3.0 1/2 ✓"]
-    assert cells[5:8] == ["20.0", "19.5 ± 0.7", "-0.5 ✓"]
-    assert cells[8:11] == ["—", "63.0 ± 1.4", "—"]
+    # std of 52, 54 is √2, the t interval mean ± t_{0.975, 1}·s/√2; the verdicts are the records': seed 0 (|Δ| 2)
+    # within tolerance 2, seed 1 (|Δ| 4) not
+    t = scipy_stats.t.ppf(0.975, 1)
+    assert cells[2:5] == ["50.0", f"53.0 ± 1.4, t [{53 - t:.1f}, {53 + t:.1f}]", "+3.0 1/2 ✓"]
+    assert cells[5:8] == ["20.0", f"19.5 ± 0.7, t [{19.5 - t * 0.5:.1f}, {19.5 + t * 0.5:.1f}]", "-0.5 ✓"]
+    assert cells[8:11] == ["—", f"63.0 ± 1.4, t [{63 - t:.1f}, {63 + t:.1f}]", "—"]
     iic = line_of(page, "IIC †")
     assert iic[2:5] == ["21.8", "—", "—"] and "† cited: a method this suite does not re-run" in page
     assert page.index("| STEGO") < page.index("| IIC †")  # the records' row_order, not the alphabet
@@ -252,7 +255,88 @@ def test_runs_that_share_a_name_are_grouped_only_when_their_configs_agree(tmp_pa
         write(res / f"run{k}" / "record.json", _eval_record("stego", seed, dataset, backbone, miou))
     page = build_reports(res, tmp_path / "out")[1].read_text()
     coco_b8 = line_of(page, "stego [data.dataset=cocostuff27, model.backbone=dino_vitb8]")
-    assert coco_b8[1] == "0, 1" and coco_b8[6] == "21.0 ± 1.4"  # cells: row, seeds, then paper | measured | Δ
+    t = scipy_stats.t.ppf(0.975, 1)  # two seeds: s = √2, half width t·s/√2
+    assert coco_b8[1] == "0, 1" and coco_b8[6] == f"21.0 ± 1.4, t [{21 - t:.1f}, {21 + t:.1f}]"  # row, seeds, ...
     assert line_of(page, "stego [data.dataset=cityscapes27, model.backbone=dino_vitb8]")[1] == "0"
     assert line_of(page, "stego [data.dataset=cocostuff27, model.backbone=dino_vits8]")[6] == "60.0"
     assert not any(line.startswith("| stego | ") for line in page.splitlines())
+
+
+def _brute_paired(a: np.ndarray, b: np.ndarray, hungarian: bool, n: int, seed: int) -> tuple:
+    """Percentile interval of mIoU(b) − mIoU(a) over images resampled as stego.stats documents, from per-image
+    confusions [images, pred, classes], by plain loops and scipy's assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    def miou(conf):
+        mapping = list(range(conf.shape[0]))
+        if hungarian:
+            rows, cols = linear_sum_assignment(conf, maximize=True)
+            mapping = [-1] * conf.shape[0]
+            for r, c in zip(rows, cols):
+                mapping[r] = c
+        ious = []
+        for k in range(conf.shape[1]):
+            tp = sum(conf[p, k] for p in range(conf.shape[0]) if mapping[p] == k)
+            predicted = sum(conf[p].sum() for p in range(conf.shape[0]) if mapping[p] == k)
+            union = predicted + conf[:, k].sum() - tp
+            if union:
+                ious.append(tp / union)
+        return sum(ious) / len(ious)
+
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(a), size=len(a))
+        diffs.append(miou(b[idx].sum(0)) - miou(a[idx].sum(0)))
+    return 100 * (miou(b.sum(0)) - miou(a.sum(0))), *(100 * np.percentile(diffs, [2.5, 97.5]))
+
+
+def test_ablation_section_pairs_each_row_with_the_reference_by_its_counts(tmp_path):
+    from stego.stats import ImageCounts
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, size=(10, 30))
+    noisy = lambda p: np.where(rng.random(truth.shape) < p, rng.integers(0, 3, size=truth.shape), (truth + 1) % 3)
+    dense = {}
+    res = tmp_path / "res"
+    for name, noise, order in (("full", 0.2, 0), ("no CRF", 0.5, 5)):
+        pred = noisy(noise)
+        per_image = np.zeros((10, 3, 3), dtype=np.int64)
+        for i in range(10):
+            np.add.at(per_image[i], (pred[i], truth[i]), 1)
+        dense[name] = per_image
+        counts = ImageCounts.from_dense(per_image)
+        folder = res / "table5" / records.slug(name) / "seed0"
+        write(folder / "record_counts.json", records.to_dict(records.ImageCountsRecord(
+            split="val", images=10, probes={"cluster": counts.to_json(), "linear": counts.to_json()})))
+        paper = {"cluster_acc": 48.3, "cluster_miou": 24.5} if name == "full" else \
+            {"cluster_acc": 47.7, "cluster_miou": 24.0}
+        rec = benchmark("table5", name, 0, "toy", metrics(0.5, 0.3), paper, order=order)
+        rec.update(image_counts="record_counts.json",
+                   config={**rec["config"], "eval": {"crf": False, "bootstrap_resamples": 50, "bootstrap_seed": 2}})
+        if name == "full":  # what an eval record says about its numbers, as stego.uncertainty writes it
+            ci = {"miou": {"lower": 0.25, "upper": 0.35}, "accuracy": {"lower": 0.45, "upper": 0.55}}
+            summary = {"miou": {"n": 3, "median": 0.28, "min": 0.2, "max": 0.31},
+                       "accuracy": {"n": 3, "median": 0.5, "min": 0.4, "max": 0.52}}
+            rec.update(intervals={"cluster": ci, "linear": ci}, cluster_spread={"summary": summary},
+                       protocols={"cluster": {"hungarian": {"miou": 0.3, "accuracy": 0.5},
+                                              "majority": {"miou": 0.33, "accuracy": 0.56},
+                                              "heldout_hungarian": {"miou": 0.29, "accuracy": 0.49}},
+                                  "overclustering": {"ks": [3, 5], "miou": [0.3, 0.4], "accuracy": [0.5, 0.6]}})
+        write(folder / "record.json", rec)
+    out = tmp_path / "out"
+    build_reports(res, out)
+    page = (out / "table5.md").read_text()
+    assert "## Ablations against 'full'" in page and (out / "table5" / "forest.png").is_file()
+    section = page.split("## Ablations")[1].split("## All probes")[0]
+    cells = line_of(section, "no CRF")  # Row, Scale, Seed, then one cell per table number
+    point, lower, upper = _brute_paired(dense["full"], dense["no CRF"], True, 50, 2)
+    assert f"{point:+.1f} [{lower:+.1f}, {upper:+.1f}]; paper -0.5;" in cells[4], cells
+    assert point < 0 and ("agrees" in cells[4]) == (upper < 0)  # more noise: lower mIoU, the paper's sign
+    assert not any(line.startswith("| full |") for line in section.splitlines())
+    assert line_of(page, "full")[5:7] == ["24.5", "30.0 [25.0, 35.0]"]  # one seed: the recorded interval
+    protocols = line_of(page.split("## Cluster probe: matching protocols")[1], "full")
+    assert protocols[3:] == ["30.0 / 50.0", "33.0 / 56.0", "29.0 / 49.0", "3: 30.0, 5: 40.0"]
+    restarts = line_of(page.split("## Cluster probe: restarts")[1], "full")
+    assert restarts[2:] == ["3", "50.0", "50.0 [40.0, 52.0]", "30.0", "28.0 [20.0, 31.0]"]  # Acc, then mIoU
+    assert (out / "table5" / "overclustering.png").is_file()
