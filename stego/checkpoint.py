@@ -36,8 +36,8 @@ def load_checkpoint(path: Path) -> dict:
         raise StegoError(f"checkpoint {path} is unreadable ({type(err).__name__}); it may be truncated: "
                          f"resume from an earlier copy or retrain") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise StegoError(f"{path} is not a checkpoint of this suite (format {CHECKPOINT_FORMAT}); for the authors' release "
-                         f"files use `stego eval --checkpoint FILE.ckpt`")
+        raise StegoError(f"{path} is not a checkpoint of this suite (format {CHECKPOINT_FORMAT}); for the authors' "
+                         f"release files use `stego eval --checkpoint FILE.ckpt`")
     return state
 
 

@@ -139,8 +139,8 @@ def render_report(record: records.DemoRecord) -> str:
         "# STEGO demo on synthetic scenes",
         "",
         f"Backbone: `{cfg['model']['backbone']}`, a fixed hand-designed colour + texture filter bank (no learned "
-        "or downloaded weights; see `stego/backbones/filterbank.py`). Scenes: seeded synthetic images whose classes are "
-        "families of colour/texture appearance modes sharing a weaker oriented-grating signature "
+        "or downloaded weights; see `stego/backbones/filterbank.py`). Scenes: seeded synthetic images whose classes "
+        "are families of colour/texture appearance modes sharing a weaker oriented-grating signature "
         "(`stego/data/synthetic.py`). Hyperparameters were set by the balance heuristic of the paper's A.11 "
         "(mean code correlations in the training log), not by validation labels.",
         "",

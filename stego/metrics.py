@@ -65,7 +65,8 @@ class Scores:
 
     def as_dict(self) -> dict:
         nan_free = [None if np.isnan(v) else v for v in self.iou]
-        return {"miou": self.miou, "accuracy": self.accuracy, "iou": nan_free, "match": self.match, "confusion": self.counts}
+        return {"miou": self.miou, "accuracy": self.accuracy, "iou": nan_free, "match": self.match,
+                "confusion": self.counts}
 
 
 def scores(counts, match: np.ndarray | None = None) -> Scores:

@@ -190,7 +190,8 @@ def _damage(path: Path, err: Exception | None) -> str | None:
         return "the file is empty"
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(path):
-            return f"the file is truncated ({size:,} bytes and no zip directory at its end: a download or copy stopped early)"
+            return (f"the file is truncated ({size:,} bytes and no zip directory at its end: a download or copy "
+                    "stopped early)")
         try:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()

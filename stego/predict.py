@@ -142,7 +142,8 @@ def predict_images(checkpoint, images, out_dir, crf: bool = False, trusted: bool
                 ids = F.interpolate(lp.float(), (image.height, image.width), mode="bilinear", align_corners=False)
                 ids = ids.argmax(1)[0].cpu().numpy()
                 _save_ids(ids, colours[probe], out / f"{bases[path]}_{probe}.png")
-                save_png(overlay(rgb, ids.astype(np.int64), len(names[probe])), out / f"{bases[path]}_{probe}_overlay.png")
+                save_png(overlay(rgb, ids.astype(np.int64), len(names[probe])),
+                         out / f"{bases[path]}_{probe}_overlay.png")
             result.written[path] = bases[path]
     finally:
         if pool is not None:

@@ -3,7 +3,7 @@
 | kind | written by | what |
 |---|---|---|
 | train_summary | stego.train | iterations done, best validation, time, world size, precision |
-| eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with and without CRF), how sure they are, analysis files |
+| eval | stego.evaluate | a checkpoint's metrics on a split (per probe; with/without CRF), how sure they are, analysis |
 | image_counts | stego.evaluate | the per-image confusion counts of an eval record's probes (its sidecar) |
 | benchmark | benchmarks.runner | one paper-table row and seed: the paper's numbers, the measured ones, the verdicts |
 | hyperparameters | benchmarks.runner | paper Table 6 rendered from the presets |

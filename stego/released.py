@@ -117,8 +117,9 @@ def load_released_checkpoint(path, trusted: bool = False) -> ReleasedCheckpoint:
 
     trusted: accept pickled objects other than tensors, containers and omegaconf configs inside the state dict and
     hyper-parameters (read as inert placeholders). Elsewhere (e.g. the callback state of Lightning < 1.5, keyed by
-    the ModelCheckpoint class) they are placeholders that evaluation never reads, so no trust is needed. Unknown or missing state_dict keys, and tensors that disagree with the stored config, are
-    one-line StegoErrors naming the file.
+    the ModelCheckpoint class) they are placeholders that evaluation never reads, so no trust is needed. Unknown or
+    missing state_dict keys, and tensors that disagree with the stored config, are one-line StegoErrors naming the
+    file.
     """
     path = released_path(path)
     raw = read_checkpoint(path)

@@ -221,6 +221,7 @@ def test_examples_store_truth_and_matched_predictions(evaluated):
     # positives in the record's confusion matrix reappear as value c where the truth is c.
     confusion = np.asarray(record.metrics["cluster"]["confusion"])
     match = record.metrics["cluster"]["match"]
-    hits = sum(int(((read_example_png(folder / e["cluster"]) == c) & (read_example_png(folder / e["truth"]) == c)).sum())
+    hits = sum(int(((read_example_png(folder / e["cluster"]) == c)
+                    & (read_example_png(folder / e["truth"]) == c)).sum())
                for e in examples for c in range(n_classes))
     assert 0 < hits <= sum(confusion[match[c], c] for c in range(n_classes))

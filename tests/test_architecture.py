@@ -1,6 +1,7 @@
 """The layers, one direction: stego (the method) <- baselines <- benchmarks <- reports. Built from the source
 (every import statement, also inside functions): no module imports a layer above its own (stego/cli.py, the
-one composition root, excepted), no import cycle inside the suite, and no module longer than the house limit."""
+one composition root, excepted), no import cycle inside the suite, and no module or line longer than the house
+limits."""
 import ast
 from pathlib import Path
 
@@ -8,6 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("stego", "baselines", "benchmarks", "reports")
 COMPOSITION_ROOT = "stego.cli"
 MAX_LINES = 450
+MAX_WIDTH = 120
 
 
 def _module_name(path: Path) -> str:
@@ -123,3 +125,10 @@ def test_no_module_is_too_long():
     files = [p for layer in (*LAYERS, "tests") for p in (REPO / layer).rglob("*.py")]
     long = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by responsibility): {long}"
+
+
+def test_no_line_is_too_long():
+    files = [p for layer in (*LAYERS, "tests") for p in (REPO / layer).rglob("*.py")]
+    long = [f"{p.relative_to(REPO)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > MAX_WIDTH]
+    assert not long, f"lines over {MAX_WIDTH} characters: {long}"

@@ -49,7 +49,8 @@ def test_backbone_trains_and_evaluates_with_random_weights(name, scenes, tmp_pat
         "loss": {"feature_samples": 2, "neg_samples": 1},
         "train": {"batch_size": 2, "iterations": 2, "checkpoint_every": 1000, "log_every": 1, "hist_every": 1000,
                   "val_every": 0, "threads": 1},
-        "eval": {"res": res, "crf": False, "batch_size": 2},
+        "eval": {"res": res, "crf": False, "batch_size": 2, "bootstrap_resamples": 0, "cluster_restarts": 0,
+                 "overclustering": False},
     })
     checkpoint = train(cfg, tmp_path / "run")
     run_eval(None, checkpoint, tmp_path / "eval.json")

@@ -111,7 +111,8 @@ def test_raw_feature_kmeans_scores_the_featurizer(tmp_path, monkeypatch, featuri
     """One colour per class and no nuisance: the hue (RGB direction) is the class, speckle only scales it, so
     k-means on mean colour finds the classes; on constant features it cannot."""
     monkeypatch.setitem(backbones.BACKBONES, "test_feats", backbones.BackboneSpec("test_feats", "custom", 3, 2))
-    monkeypatch.setitem(backbones.registry._FACTORIES, "test_feats", lambda weights=None, weights_dir=None: featurizer())
+    monkeypatch.setitem(backbones.registry._FACTORIES, "test_feats",
+                        lambda weights=None, weights_dir=None: featurizer())
     spec = SceneSpec(n_classes=3, modes_per_class=1, size=32, n_train=12, n_val=6, min_regions=2, max_regions=3,
                      signature=0.0, gain=0.0, offset=0.0, cast=0.0, noise=0.0)
     root = make_scenes(tmp_path, spec, seed=0)

@@ -68,7 +68,8 @@ def test_missing_table_says_how_to_make_it(tmp_path):
                                                r"set\)$"):
         KnnTable.load(tmp_path / "nope.pt", dict(dataset="potsdam", weights="dino.pth:sha256:0"), min_k=8,
                       root="/data")
-    with pytest.raises(MissingFileError, match=r"not found; mine it with stego data knn \(its options: `stego data knn --help`"):
+    with pytest.raises(MissingFileError,
+                       match=r"not found; mine it with stego data knn \(its options: `stego data knn --help`"):
         KnnTable.load(tmp_path / "nope.pt")
 
 

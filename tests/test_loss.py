@@ -78,7 +78,8 @@ def test_loss_matches_float64_brute_force(pointwise, zero_clamp, stabilize):
     draws.coords1[0, 0, 0] = torch.tensor([-1.0, 1.0])
     draws.coords2[1, 2, 1] = torch.tensor([0.999, -1.0])
     expected = brute_loss(*x, cfg, draws)
-    out = correspondence_loss(*(t.double() for t in x), cfg, Draws(draws.coords1.double(), draws.coords2.double(), draws.perms))
+    out = correspondence_loss(*(t.double() for t in x), cfg,
+                              Draws(draws.coords1.double(), draws.coords2.double(), draws.perms))
     got = [out.total.item(), out.self_loss.item(), out.knn_loss.item(), out.rand_loss.item()]
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     out32 = correspondence_loss(*x, cfg, draws)

@@ -28,7 +28,7 @@ def test_three_independent_channel_dropout_masks():
     feats = torch.randn(2, 64, 5, 5)
     teacher, code = head(feats)
     masks = [kept_channels(x, feats) for x in (seen["linear"], seen["mlp"], teacher)]
-    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2]) and not torch.equal(masks[0], masks[2])
+    assert not any(torch.equal(masks[i], masks[j]) for i, j in ((0, 1), (1, 2), (0, 2)))
     torch.testing.assert_close(code, head.linear(seen["linear"]) + head.mlp(seen["mlp"]))
 
 
@@ -41,7 +41,8 @@ def test_eval_mode_has_no_dropout_and_code_is_linear_plus_mlp():
     wa, ba = head.mlp[0].weight[:, :, 0, 0], head.mlp[0].bias
     wb, bb = head.mlp[2].weight[:, :, 0, 0], head.mlp[2].bias
     x = feats.double().permute(0, 2, 3, 1)
-    expected = x @ w1.double().T + b1.double() + (torch.relu(x @ wa.double().T + ba.double()) @ wb.double().T + bb.double())
+    mlp = torch.relu(x @ wa.double().T + ba.double()) @ wb.double().T + bb.double()
+    expected = x @ w1.double().T + b1.double() + mlp
     torch.testing.assert_close(code.double(), expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 

@@ -144,7 +144,8 @@ def test_hydra_composed_checkpoints_load_without_trust(files, source, layout, li
                if k.startswith("net.model."))
 
 
-BLOCKED_OMEGACONF = "import sys; sys.modules['omegaconf'] = None; from stego.cli import main; sys.exit(main(sys.argv[1:]))"
+BLOCKED_OMEGACONF = ("import sys; sys.modules['omegaconf'] = None; from stego.cli import main; "
+                     "sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

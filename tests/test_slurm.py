@@ -4,8 +4,9 @@
 One job array of tiny synthetic runs goes through submitit: one running job is requeued by the administrator
 (`scontrol requeue`, a kill without warning) and must resume from its last periodic checkpoint; one gets
 submitit's preemption signal (USR2) and must checkpoint after its step in flight and resume from there. One job is
-cancelled: the status report must say so, and submitting the sweep again must run that job only. A two-task job trains data parallel through srun. Skips, saying why, where
-SLURM cannot be started (not root, no apt-get, no package mirror).
+cancelled: the status report must say so, and submitting the sweep again must run that job only. A two-task job
+trains data parallel through srun. Skips, saying why, where SLURM cannot be started (not root, no apt-get, no
+package mirror).
 """
 import os
 import re

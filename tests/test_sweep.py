@@ -113,8 +113,8 @@ def test_grid_jobs_cover_the_product_with_checked_configs(tmp_path, scenes):
 
 
 def test_jobs_file_round_trip_and_bad_files(tmp_path):
-    jobs = [entry_job(tmp_path, "a"), Job("p/seed1", [str(tmp_path / "r.json")], preset="x", overrides=["loss.b_rand=1"],
-                                          seed=1, out=str(tmp_path / "run"))]
+    jobs = [entry_job(tmp_path, "a"), Job("p/seed1", [str(tmp_path / "r.json")], preset="x",
+                                          overrides=["loss.b_rand=1"], seed=1, out=str(tmp_path / "run"))]
     save_jobs(jobs, tmp_path / "jobs.yaml")
     assert load_jobs(tmp_path / "jobs.yaml") == jobs
     bad = tmp_path / "bad.yaml"

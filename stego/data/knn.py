@@ -173,7 +173,8 @@ def knn_meta(backbone, weights, dataset, split, crops="none", res=224, crop_rati
         from stego.backbones import resolve_weight_file
         weights = resolve_weight_file(backbone)
     tag = _seed_tag(weights, seed)
-    meta = dict(backbone=backbone, weights=f"random:{tag}" if tag else weights_id(weights), dataset=dataset, split=split, crops=crops, res=int(res))
+    meta = dict(backbone=backbone, weights=f"random:{tag}" if tag else weights_id(weights), dataset=dataset,
+                split=split, crops=crops, res=int(res))
     if crops == "five":
         meta["crop_ratio"] = float(crop_ratio)
     return meta
@@ -224,7 +225,8 @@ def _remine_hint(meta, root, force=True):
     """What to run about a missing or unusable table, for error messages."""
     if not meta or "dataset" not in meta:
         return "mine it with stego data knn (its options: `stego data knn --help`, docs/data.md)"
-    custom = "" if str(meta.get("weights", "")).startswith("random") else " (plus --weights PATH if model.weights is set)"
+    custom = ("" if str(meta.get("weights", "")).startswith("random")
+              else " (plus --weights PATH if model.weights is set)")
     return f"{'re-run' if force else 'mine it with'} `{knn_command(meta, root, force)}`{custom}"
 
 

@@ -21,7 +21,7 @@ from .run import JobState, Requeueable, SignalStop, run_job
 from .status import JobStatus, format_status, sweep_status, wait_for
 from .submit import Resources, merge_jobs, submit
 
-__all__ = ["DONE", "EXECUTORS", "FAILED", "MISSING", "RUNNING", "UNKNOWN", "Job", "JobState", "JobStatus", "Requeueable",
-           "Resources", "SignalStop", "add_cli", "dump_jobs", "format_status", "grid_jobs", "job_done", "load_jobs",
-           "merge_jobs", "parse_grid", "parse_seeds", "read_json", "read_submissions", "run_job", "save_jobs",
-           "state_path", "submit", "sweep_jobs", "sweep_status", "wait_for"]
+__all__ = ["DONE", "EXECUTORS", "FAILED", "MISSING", "RUNNING", "UNKNOWN", "Job", "JobState", "JobStatus",
+           "Requeueable", "Resources", "SignalStop", "add_cli", "dump_jobs", "format_status", "grid_jobs",
+           "job_done", "load_jobs", "merge_jobs", "parse_grid", "parse_seeds", "read_json", "read_submissions",
+           "run_job", "save_jobs", "state_path", "submit", "sweep_jobs", "sweep_status", "wait_for"]
