@@ -114,3 +114,17 @@ def _koenig() -> list[BenchmarkRow]:
 
 
 BEYOND, DIMSWEEP, KOENIG = _beyond(), _dimsweep(), _koenig()
+
+TOY_DATASET = "cocostuff27"
+TOY_SWEEP_DIMS = (16, CODE_DIM[TOY_DATASET], 512)
+
+
+def on_cpu(row: BenchmarkRow) -> bool:
+    """Whether the toy (CPU) run of these tables includes `row`: CocoStuff's rows, and of its dimension sweep the
+    dimensions 16, 90 (the code's) and 512. At toy scale every dataset is the same synthetic world and every
+    DINO-family backbone the filter bank, so the other rows would repeat the cost of a training, not add coverage;
+    --run-gpu runs them all. Cited rows cost nothing and are all kept."""
+    if row.cited:
+        return True
+    return row.preset.startswith(TOY_DATASET) and (row.table != "dimsweep" or row.dim is None
+                                                   or row.dim in TOY_SWEEP_DIMS)

@@ -1,10 +1,13 @@
-"""This suite's table 'koenig' (benchmarks/beyond.py): rows as data, run by `bench` at toy scale on CPU or at full
-scale with --run-gpu."""
-import pytest
-
+"""This suite's table 'koenig' (benchmarks/beyond.py): rows as data, run by `bench` at toy scale on CPU (the rows of
+beyond.on_cpu) or every row at full scale with --run-gpu."""
+from benchmarks.beyond import on_cpu
 from benchmarks.registry import rows
 
 
-@pytest.mark.parametrize("row", rows("koenig"), ids=lambda r: r.slug)
+def pytest_generate_tests(metafunc):
+    selected = [r for r in rows("koenig") if metafunc.config.getoption("--run-gpu") or on_cpu(r)]
+    metafunc.parametrize("row", selected, ids=lambda r: r.slug)
+
+
 def test_koenig(row, seed, bench):
     bench(row, seed)

@@ -43,7 +43,7 @@ WORLD_KEYS = ("data.res", "data.knn_k", "model.weights", "model.dim", "loss.lamb
 """What a toy row takes from the world preset; a loss weight the row sets to 0 (an ablation) stays 0, and a
 head-less baseline (projection 'none') keeps its raw feature dimension."""
 SETTINGS = {
-    "data.dataset": "synthetic", "data.workers": 0, "data.n_classes": SPEC.n_classes,
+    "data.dataset": "synthetic", "data.workers": 0, "data.in_memory": True, "data.n_classes": SPEC.n_classes,
     "train.batch_size": 8, "train.iterations": 400, "train.lr": 0.003, "train.checkpoint_every": 1000,
     "train.log_every": 10, "train.hist_every": 100, "train.val_every": 0, "train.device": "cpu", "train.threads": 1,
     "eval.batch_size": 16, "eval.crf_workers": 0, "eval.max_images": 0, "eval.cluster_restarts": 3,

@@ -8,6 +8,7 @@ from .data.commands import fivecrop_command, synthetic_command
 from .data.datasets import build_dataset, cropped_dir, image_folder_dir
 from .data.fivecrop import check_crops_current
 from .data.knn import KnnTable, TableSpec, mine_knn
+from .data.memory import InMemory
 from .errors import MissingFileError, StegoError
 from .model import Stego
 from .runtime import worker_count
@@ -66,15 +67,20 @@ def train_dataset(cfg: Config, split: str = "train", labels: bool = True):
         rebuild = fivecrop_command(name, cfg.data.root, split, cfg.data.crop_ratio, force=True,
                                    n_classes=cfg.data.n_classes if name == "imagefolder" else None)
         check_crops_current(cropped_dir(cfg.data.root, name, cfg.data.crop_ratio), split, rebuild)
-    return build_dataset(name, cfg.data.root, split, res=cfg.data.res, crop=five, crop_ratio=cfg.data.crop_ratio,
-                         labels=labels, **options)
+    return _kept(cfg, build_dataset(name, cfg.data.root, split, res=cfg.data.res, crop=five,
+                                    crop_ratio=cfg.data.crop_ratio, labels=labels, **options))
 
 
 def val_dataset(cfg: Config, split: str = "val", n_classes: int | None = None):
     """The split scored at eval.res; `n_classes` (the probes') for an image folder that declares none."""
     _require_synthetic(cfg, split)
-    return build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res,
-                         **reader_options(cfg, n_classes))
+    return _kept(cfg, build_dataset(reader_name(cfg), cfg.data.root, split, res=cfg.eval.res,
+                                    **reader_options(cfg, n_classes)))
+
+
+def _kept(cfg: Config, dataset):
+    """`dataset`, its items kept in RAM after their first read when data.in_memory."""
+    return InMemory(dataset) if cfg.data.in_memory else dataset
 
 
 def knn_spec(cfg: Config, split: str = "train") -> TableSpec:

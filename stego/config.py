@@ -72,6 +72,8 @@ class DataConfig:
     """Neighbours kept when a KNN table is mined (self included); any table with k > num_neighbors serves."""
     workers: int = at_least(-1, -1)
     """DataLoader worker processes; -1: one per CPU this process may use, less one, at most 16 (runtime.workers)."""
+    in_memory: bool = False
+    """Keep every decoded, resized item in RAM after its first read (per worker): for datasets that fit."""
     n_classes: int = at_least(0, 0)
     """Classes of an image-folder dataset (0: read from classes.txt); fixed by the reader for the benchmarks."""
 
@@ -209,10 +211,10 @@ class Config:
         return values
 
 
-MACHINE_KEYS = (("data", "workers"), ("eval", "crf_workers"), ("eval", "crf_timeout"), ("train", "tensorboard"),
+MACHINE_KEYS = (("data", "workers"), ("data", "in_memory"), ("eval", "crf_workers"), ("eval", "crf_timeout"), ("train", "tensorboard"),
                 ("train", "wandb"))
-"""Worker counts, timeouts and where scalars are logged: every random draw is seeded by item and iteration, so
-they change speed and bookkeeping only."""
+"""Worker counts, item caching, timeouts and where scalars are logged: every random draw is seeded by item and
+iteration and the transforms are deterministic, so they change speed and bookkeeping only."""
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
