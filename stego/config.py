@@ -211,8 +211,8 @@ class Config:
         return values
 
 
-MACHINE_KEYS = (("data", "workers"), ("data", "in_memory"), ("eval", "crf_workers"), ("eval", "crf_timeout"), ("train", "tensorboard"),
-                ("train", "wandb"))
+MACHINE_KEYS = (("data", "workers"), ("data", "in_memory"), ("eval", "crf_workers"), ("eval", "crf_timeout"),
+                ("train", "tensorboard"), ("train", "wandb"))
 """Worker counts, item caching, timeouts and where scalars are logged: every random draw is seeded by item and
 iteration and the transforms are deterministic, so they change speed and bookkeeping only."""
 
