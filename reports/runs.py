@@ -119,6 +119,8 @@ def load_records(results_dir, exclude=None) -> tuple[list[Run], list]:
     if not results_dir.is_dir():
         raise MissingFileError(f"{results_dir}: no such folder; pass the folder the runs wrote their records to")
     exclude = Path(exclude).resolve() if exclude is not None else None
+    if exclude is not None and _inside(results_dir.resolve(), [exclude]):  # the records live inside the report
+        exclude = None
     runs, tables = [], []
     for path in sorted(results_dir.rglob("*.json")):
         if exclude is not None and _inside(path.resolve(), [exclude]):
