@@ -24,7 +24,7 @@ from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .refits import Refits, refit_probes
 from .runs import counts_file
 from .runtime import pick_device, set_tf32, set_threads, worker_count
-from .stats import ImageCountsBuilder
+from .counts import ImageCountsBuilder
 from .uncertainty import cluster_spread, counts_json, intervals, protocol_of, protocols
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
     """(metrics section, per-image counts by probe, summed confusions of the refits) over `dataset`, or None when
     `should_stop()` (asked before each batch) turns true first: a stop signal must not wait for a long pass.
 
-    Every probe (and after DenseCRF when `crf`) is counted per image (stego.stats.ImageCounts); the refitted
+    Every probe (and after DenseCRF when `crf`) is counted per image (stego.counts.ImageCounts); the refitted
     cluster probes (stego.refits, without CRF) only in sum: {"restarts": [confusion], "overclustering": {K: ...}}.
     """
     device = device or next(model.parameters()).device

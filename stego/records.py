@@ -112,7 +112,7 @@ class ImageCountsRecord:
     split: str
     images: int
     probes: dict
-    """{probe: stego.stats.ImageCounts.to_json()}: each image's confusion entries, rows prediction, columns truth."""
+    """{probe: stego.counts.ImageCounts.to_json()}: each image's confusion entries, rows prediction, columns truth."""
 
 
 @dataclass

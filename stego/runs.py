@@ -74,7 +74,7 @@ def analysis_dir(record: Path) -> Path:
 
 
 def counts_file(record: Path) -> Path:
-    """The per-image confusion counts of an evaluation record (stego.stats.ImageCounts by probe): <stem>_counts.json
+    """The per-image confusion counts of an evaluation record (stego.counts.ImageCounts by probe): <stem>_counts.json
     beside it, a sidecar so that the record itself stays small."""
     record = Path(record)
     return record.parent / f"{record.stem}_counts.json"

@@ -10,7 +10,8 @@ import dataclasses
 import numpy as np
 
 from .config import EvalConfig
-from .stats import PROBE_PROTOCOL, ImageCounts, bootstrap_ci, overclustering_curve, score_protocol
+from .counts import ImageCounts
+from .stats import PROBE_PROTOCOL, bootstrap_ci, overclustering_curve, score_protocol
 
 METRICS = ("miou", "accuracy")
 CLUSTER_VARIANTS = ("majority", "heldout_hungarian")

@@ -292,7 +292,7 @@ def _brute_paired(a: np.ndarray, b: np.ndarray, hungarian: bool, n: int, seed: i
 
 
 def test_ablation_section_pairs_each_row_with_the_reference_by_its_counts(tmp_path):
-    from stego.stats import ImageCounts
+    from stego.counts import ImageCounts
 
     rng = np.random.default_rng(3)
     truth = rng.integers(0, 3, size=(10, 30))

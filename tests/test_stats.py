@@ -11,8 +11,8 @@ from scipy.optimize import linear_sum_assignment
 from stego import stats
 from stego.errors import StegoError
 from stego.metrics import ConfusionMatrix, hungarian_match, scores
-from stego.stats import (ImageCounts, ImageCountsBuilder, agreement, bootstrap_ci, image_confusions,
-                         overclustering_curve, paired_bootstrap, score_protocol, t_interval)
+from stego.counts import ImageCounts, ImageCountsBuilder, image_confusions
+from stego.stats import agreement, bootstrap_ci, overclustering_curve, paired_bootstrap, score_protocol, t_interval
 
 
 # --- references, written from scratch -------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from stego.inference import predict_log_probs, upsampled_code
 from stego.metrics import ConfusionMatrix, cluster_scores
 from stego.refits import overclustering_ks, refit_probes
 from stego.runs import counts_file
-from stego.stats import ImageCounts, bootstrap_ci, score_protocol
+from stego.counts import ImageCounts
+from stego.stats import bootstrap_ci, score_protocol
 from stego.uncertainty import counts_from_json, counts_json, cluster_spread, spread
 
 
