@@ -61,7 +61,8 @@ def features_command(meta: dict, root, force: bool = True) -> str:
     dtype and precision)."""
     line = knn_command(meta, root, force=False).replace("stego data knn", "stego data features", 1)
     line += f" --dtype {meta.get('dtype', 'float16')} --precision {meta.get('precision', 'fp32')}"
-    custom = "" if str(meta.get("weights", "")).startswith("random") else " (plus --weights PATH if model.weights is set)"
+    random = str(meta.get("weights", "")).startswith("random")
+    custom = "" if random else " (plus --weights PATH if model.weights is set)"
     return f"`{line}{' --force' if force else ''}`{custom}"
 
 
@@ -157,8 +158,9 @@ class CachedItems(Dataset):
 
     def __getitem__(self, i):
         label = self.store.labels([i])[0]
-        return dict(img=self.store.features([i])[0], label=label if self.with_labels else torch.full_like(label, IGNORE),
-                    index=int(i))
+        if not self.with_labels:
+            label = torch.full_like(label, IGNORE)
+        return dict(img=self.store.features([i])[0], label=label, index=int(i))
 
 
 def _chunk_name(kind: str, c: int) -> str:
