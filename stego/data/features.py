@@ -198,7 +198,7 @@ def shared_lock(path: Path):
 
 
 def build_store(backbone, dataset, folder, meta: dict, *, root, labels: bool = True, batch_size: int = 64,
-                chunk: int = 1024, device=None, workers: int = 0, force: bool = False) -> FeatureStore:
+                chunk: int = 512, device=None, workers: int = 0, force: bool = False) -> FeatureStore:
     """The store of `dataset`'s features in `folder`, built now (under a lock beside it) unless a valid one is
     there: `meta` from FeatureSpec.meta; chunks of `chunk` items, `batch_size` images per backbone forward in
     meta's precision. A store made for something else is an error unless `force` (then it is rebuilt)."""
@@ -210,10 +210,10 @@ def build_store(backbone, dataset, folder, meta: dict, *, root, labels: bool = T
     with shared_lock(folder.parent / f".{folder.name}.lock"):
         if (folder / INDEX).exists() and not force:
             return FeatureStore.open(folder, expect, root, labels)
-        if force and folder.exists():
-            shutil.rmtree(folder)
+        if force:
+            shutil.rmtree(folder, ignore_errors=True)
         building = dict(meta=dict(expect, labels=bool(labels)), chunk=int(chunk))
-        if (folder / BUILDING).exists() and read_json(folder / BUILDING, "delete its folder") != building:
+        if (folder / BUILDING).exists() and read_json(folder / BUILDING, f"delete {folder} and re-run") != building:
             log.info("%s holds chunks of another build: starting over", folder)
             shutil.rmtree(folder)
         atomic_save_json(building, folder / BUILDING)
@@ -240,15 +240,18 @@ def _write_chunks(backbone, dataset, folder: Path, building: dict, batch_size: i
     bar = tqdm(total=sum(min(chunk, n - c * chunk) for c in todo), desc="backbone features", unit="item")
     for c in todo:
         part = Subset(dataset, range(c * chunk, min(n, (c + 1) * chunk)))
-        feats, labels = [], []
+        feats = np.empty((len(part), *shapes[0]), meta["dtype"])  # one chunk in RAM, in the stored dtype
+        labels = np.empty((len(part), *shapes[1]), np.uint8)
         loader = DataLoader(part, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        done = 0
         with torch.no_grad(), autocast(device, meta["precision"]):
             for batch in loader:
-                feats.append(backbone(batch["img"].to(device, non_blocking=True)).float().cpu())
-                labels.append(_label_bytes(batch["label"], dataset))
+                rows = slice(done, done + len(batch["img"]))
+                feats[rows] = backbone(batch["img"].to(device, non_blocking=True)).float().cpu().numpy()
+                labels[rows] = _label_bytes(batch["label"], dataset).numpy()
+                done = rows.stop
                 bar.update(len(batch["img"]))
-        for kind, array in (("labels", torch.cat(labels).numpy()),
-                            ("feats", torch.cat(feats).numpy().astype(meta["dtype"]))):
+        for kind, array in (("labels", labels), ("feats", feats)):
             with atomic_write(folder / _chunk_name(kind, c), "wb", durable=False) as f:
                 np.save(f, array)
     bar.close()
@@ -286,7 +289,8 @@ def add_cli(data_subparsers):
                    help="stored value type (data.features_dtype; default float16, half the size)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone arithmetic (train.precision)")
     p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
-    p.add_argument("--chunk", type=int, default=1024, help="items per chunk file")
+    p.add_argument("--chunk", type=int, default=512,
+                   help="items per chunk file (one chunk is held in RAM while it is computed; default 512)")
     p.add_argument("--workers", type=int, default=-1,
                    help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
