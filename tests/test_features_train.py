@@ -90,9 +90,13 @@ def test_float32_cache_trains_the_same_head_and_scores(world, monkeypatch):
     assert all(torch.equal(b[k], c[k]) for k in b)
 
 
-def test_float16_cache_stays_within_the_documented_tolerance(world):
+def test_float16_cache_stays_within_the_documented_tolerance_and_resumes_to_the_same_weights(world):
     tmp, cfg, from_images = world
-    half = train(with_overrides(cfg, ["data.features=cached"]), tmp / "cached16")
+    cached = with_overrides(cfg, ["data.features=cached"])
+    half = train(cached, tmp / "cached16")
+    train(cached, tmp / "parts16", stop_at=25)
+    resumed = load_checkpoint(train(cached, tmp / "parts16", resume=True))["model"]
+    assert all(torch.equal(v, resumed[k]) for k, v in load_checkpoint(half)["model"].items())
     gap = (_losses(tmp / "images") - _losses(tmp / "cached16")).abs().max()
     assert 0 < gap <= 1e-3, gap  # measured 4e-6: rounding features to 11 bits moves the loss that little
     images, cache = _scores(from_images), _scores(half)
