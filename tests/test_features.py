@@ -152,6 +152,10 @@ def test_the_command_builds_a_store_that_training_then_uses(scenes, tmp_path, ca
     store = FeatureStore.open(folder, store_expect(build.feature_spec(cfg).meta(), build.train_dataset(cfg)), scenes,
                               labels=True)
     assert store.chunks == 4 and np.load(folder / "feats_00003.npy").dtype == np.float16
+    before = (folder / "feats_00000.npy").stat().st_mtime_ns
+    assert main(argv) == 0 and (folder / "feats_00000.npy").stat().st_mtime_ns == before  # kept, not rebuilt
+    assert main([*argv, "--dtype", "float32", "--chunk", "32"]) == 0  # another store beside it, one chunk
+    assert f"{folder.parent}/dino_vits16_imagefolder_train_none_32_float32: 20 items" in capsys.readouterr().out
 
 
 def test_the_cache_is_part_of_a_runs_identity_only_when_it_is_used(scenes):

@@ -308,11 +308,15 @@ def run_features(args):
                                  args.res, args.crop_ratio, args.seed), args.dtype, args.precision)
     dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
                             crop_ratio=args.crop_ratio)
-    device = pick_device(args.device or "auto")
-    set_tf32(device, args.precision)
-    store = build_store(build_backbone(args.backbone, weights=args.weights, seed=args.seed), dataset, spec.folder,
-                        spec.meta(), root=args.root, batch_size=args.batch_size, chunk=args.chunk, device=device,
-                        workers=worker_count(args.workers), force=args.force)
+    meta = spec.meta()
+    if (spec.folder / INDEX).exists() and not args.force:  # build the backbone only when there is work for it
+        store = FeatureStore.open(spec.folder, store_expect(meta, dataset), args.root)
+    else:
+        device = pick_device(args.device or "auto")
+        set_tf32(device, args.precision)
+        store = build_store(build_backbone(args.backbone, weights=args.weights, seed=args.seed), dataset,
+                            spec.folder, meta, root=args.root, batch_size=args.batch_size, chunk=args.chunk,
+                            device=device, workers=worker_count(args.workers), force=args.force)
     size = sum(f.stat().st_size for f in spec.folder.iterdir())
     print(f"{spec.folder}: {len(store)} items, features {tuple(store.index['shape'])} {args.dtype}, "
           f"{size / 2**30:.2f} GiB")
