@@ -66,6 +66,8 @@ def test_a_store_holds_what_the_backbone_makes_of_each_item(scenes):
     assert torch.all((half.features(range(20)) - direct).abs() <= bound)
     assert not torch.equal(half.features(range(20)), got)
     assert torch.equal(store.features([13, 2]), got[[13, 2]])
+    with pytest.raises(IndexError, match="item 20 out of range for 20 items"):
+        store.features([20])
     assert half.meta["weights"] == "random" and half.meta["source"] == store.meta["source"]
     assert (spec.folder / "feats_00002.npy").stat().st_size == 128 + 4 * 384 * 4 * 4  # last chunk: 4 items
 

@@ -132,6 +132,8 @@ class FeatureStore:
         return (rows, *self.index["shape" if kind == "feats" else "label_shape"])
 
     def _rows(self, kind: str, i: int):
+        if not 0 <= int(i) < len(self):
+            raise IndexError(f"feature store {self.folder}: item {i} out of range for {len(self)} items")
         c, row = divmod(int(i), self.chunk)
         if (kind, c) not in self._maps:
             self._maps[kind, c] = np.load(self.folder / _chunk_name(kind, c), mmap_mode="r")
