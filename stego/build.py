@@ -1,4 +1,4 @@
-"""Turn a Config into the objects a run needs: backbone, datasets, KNN table, model."""
+"""Turn a Config into the objects a run needs: backbone, datasets, KNN table, feature store, model."""
 import logging
 from pathlib import Path
 
@@ -6,6 +6,7 @@ from .backbones import build_backbone
 from .config import Config
 from .data.commands import fivecrop_command, synthetic_command
 from .data.datasets import build_dataset, cropped_dir, image_folder_dir
+from .data.features import INDEX, CachedItems, FeatureSpec, build_store
 from .data.fivecrop import check_crops_current
 from .data.knn import KnnTable, TableSpec, mine_knn
 from .data.memory import InMemory
@@ -105,6 +106,22 @@ def knn_table(cfg: Config, backbone, dataset, split: str = "train") -> KnnTable:
     return mine_knn(backbone, dataset, path, meta, k=min(cfg.data.knn_k, len(dataset)),
                     workers=worker_count(cfg.data.workers), precision=cfg.train.precision, min_k=need,
                     root=cfg.data.root)
+
+
+def feature_spec(cfg: Config, split: str = "train") -> FeatureSpec:
+    """The split's feature store: its KNN table's identity, data.features_dtype and train.precision."""
+    return FeatureSpec(knn_spec(cfg, split), cfg.data.features_dtype, cfg.train.precision)
+
+
+def cached_items(cfg: Config, backbone, dataset, device, labels: bool = True, split: str = "train") -> CachedItems:
+    """`dataset`'s items as their stored backbone features (data.features=cached): the store is built now, once,
+    if it does not exist yet (parallel jobs wait for the first one's); one made for something else is an error."""
+    spec = feature_spec(cfg, split)
+    if not (spec.folder / INDEX).exists():
+        log.info("no feature store at %s yet: building it now (once)", spec.folder)
+    store = build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, labels=labels,
+                        device=device, workers=worker_count(cfg.data.workers))
+    return CachedItems(store, labels)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

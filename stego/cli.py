@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     from . import sweep, tuning
-    from .data import check, fivecrop, knn, synthetic
+    from .data import check, features, fivecrop, knn, synthetic
     from .download import data as download_data, weights as download_weights
 
     sweep.add_cli(sub)
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check.add_cli(sub)
     group = check.data_subparsers(sub)
-    for module in (fivecrop, knn, synthetic, download_data):
+    for module in (fivecrop, knn, features, synthetic, download_data):
         module.add_cli(group)
     download_weights.add_cli(sub)
     return parser

@@ -20,6 +20,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 PROJECTIONS = ("nonlinear", "linear", "none", "pca", "random")
 POINTWISE = ("release", "paper", "off")
 CROPS = ("five", "none")
+FEATURES = ("images", "cached")
+FEATURE_DTYPES = ("float16", "float32")
 
 
 def _closest(value, choices) -> str:
@@ -76,6 +78,11 @@ class DataConfig:
     """Keep every decoded, resized item in RAM after its first read (per worker): for datasets that fit."""
     n_classes: int = at_least(0, 0)
     """Classes of an image-folder dataset (0: read from classes.txt); fixed by the reader for the benchmarks."""
+    features: str = one_of("images", FEATURES)
+    """'cached': train on the backbone features kept in a store under ROOT/features/ (built on first use; no
+    backbone forward per step), 'images': run the backbone on every batch (docs/features.md)."""
+    features_dtype: str = one_of("float16", FEATURE_DTYPES)
+    """The cached features' value type: float16 (half the size; rounds the features) or float32."""
 
     def __post_init__(self):
         check_fields(self, "data")
@@ -203,11 +210,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict:
-        """`to_dict` without the machine settings (MACHINE_KEYS), which do not change any result: what a resumed
-        or reused run must match."""
+        """`to_dict` without the machine settings (MACHINE_KEYS), which do not change any result, nor the feature
+        cache's dtype when the run reads images: what a resumed or reused run must match."""
         values = self.to_dict()
         for section, key in MACHINE_KEYS:
             del values[section][key]
+        if values["data"]["features"] == "images":  # the run it was before the cache existed (same folders)
+            del values["data"]["features"], values["data"]["features_dtype"]
         return values
 
 

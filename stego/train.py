@@ -63,6 +63,8 @@ class Parts:
     """False when there is nothing to distil (projection 'none', lr 0 or every λ 0): probes only, no KNN."""
     source: object
     """The items the loader reads: KNN pairs when distilling, else the dataset, addressed by (index, epoch)."""
+    cached: bool = False
+    """True when the items hold stored backbone features instead of images (data.features=cached)."""
 
 
 def due(it: int, stop: int, t: TrainConfig) -> dict:
@@ -107,7 +109,8 @@ def resume_state(run: RunDir, cfg: Config, resume: bool) -> dict | None:
 
 
 def build_parts(cfg: Config, device: torch.device, fresh: bool = True, labels: bool = True) -> Parts:
-    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use); a fixed
+    """Backbone, dataset, model and optimisers; the KNN table too when distilling (mined on first use), and the
+    feature store with data.features=cached (built on first use); a fixed
     projection (model.projection pca / random) is fitted on the training features when `fresh` (a resumed run
     loads it from its checkpoint). labels=False trains without opening a label file (the linear probe learns
     nothing)."""
@@ -128,13 +131,15 @@ def build_parts(cfg: Config, device: torch.device, fresh: bool = True, labels: b
     distil = bool(head_params) and t.lr > 0 and any(lambdas)
     if head_params:
         optimizers.append(torch.optim.Adam(head_params, lr=t.lr))
+    cached = cfg.data.features == "cached"
+    items = build.cached_items(cfg, backbone, dataset, device, labels) if cached else dataset
     if distil:
         from .data.pairs import KnnPairs
 
-        source = ByEpoch(KnnPairs(dataset, build.knn_table(cfg, backbone, dataset), cfg.data.num_neighbors, t.seed))
+        source = ByEpoch(KnnPairs(items, build.knn_table(cfg, backbone, dataset), cfg.data.num_neighbors, t.seed))
     else:
-        source = ByEpoch(dataset)
-    return Parts(backbone, dataset, model, optimizers, distil, source)
+        source = ByEpoch(items)
+    return Parts(backbone, dataset, model, optimizers, distil, source, cached)
 
 
 def restore(parts: Parts, state: dict | None, can_validate: bool) -> Progress:
@@ -150,12 +155,15 @@ def restore(parts: Parts, state: dict | None, can_validate: bool) -> Progress:
 
 def train_step(batch, backbone, model, loss_fn, optimizers, device, generator, distil: bool, precision: str):
     """One iteration: one backbone forward (in `precision`, train.precision) for anchors and partners, the three
-    loss terms, both probes."""
+    loss terms, both probes. backbone None: the batch holds the items' stored features (data.features=cached)."""
     img = batch["img"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     images = torch.cat([img, batch["img_pos"].to(device, non_blocking=True)]) if distil else img
-    with autocast(device, precision):
-        feats = backbone(images)
+    if backbone is None:
+        feats = images
+    else:
+        with autocast(device, precision):
+            feats = backbone(images)
     teacher, code = model(feats.float())
     b = img.shape[0]
     out = loss_fn(teacher[:b], teacher[b:], code[:b], code[b:], generator=generator) if distil else None
@@ -210,8 +218,8 @@ def loop(cfg: Config, run: RunDir, parts: Parts, progress: Progress, stop: int, 
         for batch in tqdm(loader, total=len(sampler), desc="train", disable=rank != 0, dynamic_ncols=True):
             torch.manual_seed(iteration_seed(t.seed, it))
             generator = torch.Generator(device=device).manual_seed(iteration_seed(t.seed + 1, it))
-            out, linear_loss, cluster_loss = train_step(batch, parts.backbone, parts.model, loss_fn,
-                                                        parts.optimizers, device, generator, parts.distil,
+            out, linear_loss, cluster_loss = train_step(batch, None if parts.cached else parts.backbone, parts.model,
+                                                        loss_fn, parts.optimizers, device, generator, parts.distil,
                                                         t.precision)
             it += 1
             now = due(it, stop, t)

@@ -1,0 +1,325 @@
+"""The backbone-feature cache: the frozen backbone's patch features [C, h, w] of every item of a split, computed
+once, so training with data.features=cached reads them instead of running the backbone (docs/features.md).
+
+A store is a folder ROOT/features/<name>/ of chunks (feats_<c>.npy [n_c, C, h, w] in float16 or float32;
+labels_<c>.npy [n_c, H, W] uint8, label + 1 with 0 unlabelled) and index.json. Its metadata is the KNN table's
+(stego.data.knn: backbone, weights id, dataset, split, crops, res, n, source fingerprint) plus dtype, precision
+and labels. Building is resumable and atomic: a chunk file appears only whole, chunks already written are kept,
+index.json comes last. A store made for anything else than what is asked is a one-line error with the command
+that rebuilds it.
+"""
+import contextlib
+import fcntl
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from stego.config import FEATURE_DTYPES, PRECISIONS
+from stego.constants import IGNORE
+from stego.data.commands import knn_command
+from stego.data.knn import CROPS, TableSpec, source_fingerprint
+from stego.errors import MissingFileError, StegoError
+from stego.io import atomic_save_json, atomic_write, read_json
+from stego.runtime import autocast, pick_device, set_tf32, worker_count
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX, BUILDING = "index.json", "building.json"
+"""index.json: a finished store (written last); building.json: what the chunks of an unfinished build belong to."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A split's feature store as training and `stego data features` both name it: its KNN table's identity
+    (what it is made from) plus dtype and precision, and where it lives: ROOT/features/<table name>_<dtype>[_bf16]."""
+
+    table: TableSpec
+    dtype: str = "float16"
+    precision: str = "fp32"
+
+    @property
+    def folder(self) -> Path:
+        tail = "" if self.precision == "fp32" else f"_{self.precision}"
+        return Path(self.table.root) / "features" / f"{self.table.path.stem.removeprefix('nns_')}_{self.dtype}{tail}"
+
+    def meta(self) -> dict:
+        """What a store for this spec records (the official weights are located and hashed)."""
+        return dict(self.table.meta(), dtype=self.dtype, precision=self.precision)
+
+
+def features_command(meta: dict, root, force: bool = True) -> str:
+    """Build (or, with `force`, rebuild) the store that metadata `meta` describes (knn_command's flags, plus
+    dtype and precision)."""
+    line = knn_command(meta, root, force=False).replace("stego data knn", "stego data features", 1)
+    line += f" --dtype {meta.get('dtype', 'float16')} --precision {meta.get('precision', 'fp32')}"
+    random = str(meta.get("weights", "")).startswith("random")
+    custom = "" if random else " (plus --weights PATH if model.weights is set)"
+    return f"`{line}{' --force' if force else ''}`{custom}"
+
+
+def store_expect(meta: dict, dataset) -> dict:
+    """Everything a store for `meta` (FeatureSpec.meta) over `dataset` must record."""
+    return dict(meta, n=len(dataset), source=source_fingerprint(dataset))
+
+
+class FeatureStore:
+    """A finished store, read through memory maps opened on first use in each process (DataLoader workers
+    included: the maps are not pickled)."""
+
+    def __init__(self, folder, index: dict):
+        self.folder, self.index, self.meta = Path(folder), index, index["meta"]
+        self.chunk = int(index["chunk"])
+        self._maps = {}
+
+    def __len__(self):
+        return int(self.meta["n"])
+
+    def __getstate__(self):
+        return dict(self.__dict__, _maps={})
+
+    @classmethod
+    def open(cls, folder, expect: dict, root, labels: bool = False) -> "FeatureStore":
+        """Read and check the store in `folder`: every key of `expect` must match its metadata, it must hold
+        labels if `labels`, and every chunk must be there whole; otherwise a one-line error with the rebuild
+        command (`root`, the data root, goes into it)."""
+        folder = Path(folder)
+        path = folder / INDEX
+        if not path.is_file():
+            raise MissingFileError(f"feature store {path} not found; build it with "
+                                   f"{features_command(expect, root, force=False)}")
+        fix = f"rebuild it with {features_command(expect, root)}"
+        index = read_json(path, fix)
+        meta = index.get("meta", {})
+        if index.get("format") != FORMAT_VERSION:
+            raise StegoError(f"feature store {path} has format {index.get('format')!r}, this version reads "
+                             f"{FORMAT_VERSION}; {fix}")
+        diff = [f"{key} expected {value!r} found {meta.get(key)!r}" for key, value in expect.items()
+                if meta.get(key) != value]
+        if diff:
+            what = "other or changed images" if all(d.startswith("source") for d in diff) else "something else"
+            raise StegoError(f"feature store {path} was made from {what} ({'; '.join(diff)}); {fix}")
+        if labels and not meta.get("labels"):
+            raise StegoError(f"feature store {path} holds no labels (built label-free) but this run trains the "
+                             f"linear probe; {fix}")
+        store = cls(folder, index)
+        for c in range(store.chunks):
+            for kind in ("feats", "labels"):
+                problem = store._chunk_problem(c, kind)
+                if problem:
+                    raise StegoError(f"feature store {folder / _chunk_name(kind, c)} is {problem}; {fix}")
+        return store
+
+    @property
+    def chunks(self) -> int:
+        return math.ceil(len(self) / self.chunk)
+
+    def _chunk_problem(self, c: int, kind: str) -> str | None:
+        """Why chunk `c`'s `kind` file is unusable (missing, unreadable, wrong shape or dtype), or None."""
+        return chunk_problem(self.folder / _chunk_name(kind, c), self._chunk_shape(c, kind),
+                             self.meta["dtype"] if kind == "feats" else "uint8")
+
+    def _chunk_shape(self, c: int, kind: str) -> tuple:
+        rows = min(self.chunk, len(self) - c * self.chunk)
+        return (rows, *self.index["shape" if kind == "feats" else "label_shape"])
+
+    def _rows(self, kind: str, i: int):
+        if not 0 <= int(i) < len(self):
+            raise IndexError(f"feature store {self.folder}: item {i} out of range for {len(self)} items")
+        c, row = divmod(int(i), self.chunk)
+        if (kind, c) not in self._maps:
+            self._maps[kind, c] = np.load(self.folder / _chunk_name(kind, c), mmap_mode="r")
+        return self._maps[kind, c][row]
+
+    def features(self, indices) -> torch.Tensor:
+        """The stored features of items `indices` (dataset positions), float32 [len, C, h, w]."""
+        return torch.from_numpy(np.stack([np.asarray(self._rows("feats", i), dtype=np.float32) for i in indices]))
+
+    def labels(self, indices) -> torch.Tensor:
+        """The stored labels of items `indices`, int64 [len, H, W], IGNORE (-1) where unlabelled."""
+        return torch.from_numpy(np.stack([self._rows("labels", i).astype(np.int64) for i in indices])) - 1
+
+
+class CachedItems(Dataset):
+    """The store's items in the shape a dataset's have (KnnPairs pairs them as it pairs images): `img` holds the
+    item's backbone features [C, h, w] instead of its image; labels are ignored (-1) when `labels` is False."""
+
+    def __init__(self, store: FeatureStore, labels: bool = True):
+        self.store, self.with_labels = store, labels
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, i):
+        label = self.store.labels([i])[0]
+        if not self.with_labels:
+            label = torch.full_like(label, IGNORE)
+        return dict(img=self.store.features([i])[0], label=label, index=int(i))
+
+
+def _chunk_name(kind: str, c: int) -> str:
+    return f"{kind}_{c:05d}.npy"
+
+
+def chunk_problem(path: Path, shape: tuple, dtype: str) -> str | None:
+    """Why the .npy at `path` is not a whole array of `shape` and `dtype` (only its header is read), or None."""
+    if not path.is_file():
+        return "missing"
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        return f"of shape {array.shape} {array.dtype}, not {tuple(shape)} {dtype}"
+    return None
+
+
+@contextlib.contextmanager
+def shared_lock(path: Path):
+    """Wait for, then hold, an exclusive lock on `path` for the block: the first of parallel jobs builds a store,
+    the others wait and then find it built."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building %s", path.with_suffix(""))
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_store(backbone, dataset, folder, meta: dict, *, root, labels: bool = True, batch_size: int = 64,
+                chunk: int = 512, device=None, workers: int = 0, force: bool = False) -> FeatureStore:
+    """The store of `dataset`'s features in `folder`, built now (under a lock beside it) unless a valid one is
+    there: `meta` from FeatureSpec.meta; chunks of `chunk` items, `batch_size` images per backbone forward in
+    meta's precision. A store made for something else is an error unless `force` (then it is rebuilt)."""
+    folder = Path(folder)
+    expect = store_expect(meta, dataset)
+    if meta["dtype"] not in FEATURE_DTYPES or meta["precision"] not in PRECISIONS:
+        raise StegoError(f"feature dtype {meta['dtype']!r} / precision {meta['precision']!r}: use one of "
+                         f"{', '.join(FEATURE_DTYPES)} / {', '.join(PRECISIONS)}")
+    with shared_lock(folder.parent / f".{folder.name}.lock"):
+        if (folder / INDEX).exists() and not force:
+            return FeatureStore.open(folder, expect, root, labels)
+        if force:
+            shutil.rmtree(folder, ignore_errors=True)
+        building = dict(meta=dict(expect, labels=bool(labels)), chunk=int(chunk))
+        if (folder / BUILDING).exists() and read_json(folder / BUILDING, f"delete {folder} and re-run") != building:
+            log.info("%s holds chunks of another build: starting over", folder)
+            shutil.rmtree(folder)
+        atomic_save_json(building, folder / BUILDING)
+        started = time.perf_counter()
+        shapes = _write_chunks(backbone, dataset, folder, building, batch_size, device, workers)
+        index = dict(building, format=FORMAT_VERSION, shape=shapes[0], label_shape=shapes[1])
+        atomic_save_json(index, folder / INDEX)
+        (folder / BUILDING).unlink()
+        log.info("feature store %s: %d items in %.1f s", folder, len(dataset), time.perf_counter() - started)
+        return FeatureStore.open(folder, expect, root, labels)
+
+
+def _write_chunks(backbone, dataset, folder: Path, building: dict, batch_size: int, device, workers: int):
+    """Write every chunk not already whole; returns the feature [C, h, w] and label [H, W] shapes."""
+    meta, chunk, n = building["meta"], building["chunk"], len(dataset)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+    with torch.no_grad(), autocast(device, meta["precision"]):
+        probe = dataset[0]
+        shapes = list(backbone(probe["img"][None].to(device)).shape[1:]), list(probe["label"].shape)
+    todo = [c for c in range(math.ceil(n / chunk))
+            if any(chunk_problem(folder / _chunk_name(kind, c), (min(chunk, n - c * chunk), *shape), dtype)
+                   for kind, shape, dtype in (("feats", shapes[0], meta["dtype"]), ("labels", shapes[1], "uint8")))]
+    bar = tqdm(total=sum(min(chunk, n - c * chunk) for c in todo), desc="backbone features", unit="item")
+    for c in todo:
+        part = Subset(dataset, range(c * chunk, min(n, (c + 1) * chunk)))
+        feats = np.empty((len(part), *shapes[0]), meta["dtype"])  # one chunk in RAM, in the stored dtype
+        labels = np.empty((len(part), *shapes[1]), np.uint8)
+        loader = DataLoader(part, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        done = 0
+        with torch.no_grad(), autocast(device, meta["precision"]):
+            for batch in loader:
+                rows = slice(done, done + len(batch["img"]))
+                feats[rows] = backbone(batch["img"].to(device, non_blocking=True)).float().cpu().numpy()
+                labels[rows] = _label_bytes(batch["label"], dataset).numpy()
+                done = rows.stop
+                bar.update(len(batch["img"]))
+        for kind, array in (("labels", labels), ("feats", feats)):
+            with atomic_write(folder / _chunk_name(kind, c), "wb", durable=False) as f:
+                np.save(f, array)
+    bar.close()
+    return shapes
+
+
+def _label_bytes(label: torch.Tensor, dataset) -> torch.Tensor:
+    """Labels as uint8 label + 1 (0 unlabelled), the five-crop convention; more than 254 classes do not fit."""
+    if label.numel() and int(label.max()) > 254:
+        raise StegoError(f"{type(dataset).__name__}: a label value {int(label.max())} does not fit the feature "
+                         f"store's uint8 labels (at most 254 classes); train from images (data.features=images)")
+    return (label + 1).to(torch.uint8)
+
+
+def add_cli(data_subparsers):
+    """Register `features` (under `stego data`): build the feature store of one dataset split."""
+    p = data_subparsers.add_parser(
+        "features", help="cache the frozen backbone's patch features of every item of a split",
+        description="Run the frozen backbone once over every image (or five-crop) of a split and keep its patch "
+                    "features and labels as chunked memory-mapped .npy files in ROOT/features/<name>/, which "
+                    "training with data.features=cached reads instead of running the backbone. Training builds the "
+                    "store on first use; this command builds it ahead (e.g. on a GPU node). Resumable: a killed "
+                    "run continues where it stopped; a valid store already there is kept.")
+    p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
+    p.add_argument("--root", required=True, type=Path, help="data root; the store goes to ROOT/features/")
+    p.add_argument("--split", required=True, help="split to cache (train, val, ...)")
+    p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
+    p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --weights random: torch seed of the init (train.seed of the run that uses it)")
+    p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
+    p.add_argument("--crop", choices=CROPS, default="none", help="cache five-crops or whole images")
+    p.add_argument("--crop-ratio", type=float, default=0.5, help="five-crop ratio (data.crop_ratio; default 0.5)")
+    p.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16",
+                   help="stored value type (data.features_dtype; default float16, half the size)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone arithmetic (train.precision)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
+    p.add_argument("--chunk", type=int, default=512,
+                   help="items per chunk file (one chunk is held in RAM while it is computed; default 512)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a store exists")
+    p.set_defaults(func=run_features)
+    return p
+
+
+def run_features(args):
+    """The `stego data features` command: build (or keep) the store of the split named in `args`; exit code 0."""
+    from stego.backbones import build_backbone
+    from stego.data.datasets import build_dataset
+
+    spec = FeatureSpec(TableSpec(str(args.root), args.backbone, args.weights, args.dataset, args.split, args.crop,
+                                 args.res, args.crop_ratio, args.seed), args.dtype, args.precision)
+    dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
+                            crop_ratio=args.crop_ratio)
+    meta = spec.meta()
+    if (spec.folder / INDEX).exists() and not args.force:  # build the backbone only when there is work for it
+        store = FeatureStore.open(spec.folder, store_expect(meta, dataset), args.root)
+    else:
+        device = pick_device(args.device or "auto")
+        set_tf32(device, args.precision)
+        store = build_store(build_backbone(args.backbone, weights=args.weights, seed=args.seed), dataset,
+                            spec.folder, meta, root=args.root, batch_size=args.batch_size, chunk=args.chunk,
+                            device=device, workers=worker_count(args.workers), force=args.force)
+    size = sum(f.stat().st_size for f in spec.folder.iterdir())
+    print(f"{spec.folder}: {len(store)} items, features {tuple(store.index['shape'])} {args.dtype}, "
+          f"{size / 2**30:.2f} GiB")
+    return 0
