@@ -8,8 +8,6 @@ results_dir/runs/<dataset>-<backbone>-<hash>-seed<k>/, and an evaluation that al
 a file lock serialises jobs that reach the same folder at once. A missing dataset, weight file or released
 checkpoint is a one-line `MissingFileError` before any compute is spent.
 """
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +23,7 @@ from stego.config import Config, from_dict, with_overrides
 from stego.download.places import release_dir as default_release_dir
 from stego.errors import MissingFileError, StegoError
 from stego.evaluate import run_eval, validator
+from stego.io import waiting_lock
 from stego.released import released_path
 from stego.runs import RunDir
 from stego.stats import PROBE_PROTOCOL
@@ -96,18 +95,6 @@ def train_dir_for(results_dir, cfg: Config) -> Path:
     values = {k: v for k, v in cfg.identity().items() if k not in ("name", "eval")}
     return (Path(results_dir) / "runs" /
             f"{cfg.data.dataset}-{cfg.model.backbone}-{_digest(values)}-seed{cfg.train.seed}")
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """Hold an exclusive lock on `path` (created if needed) for the block: one job per training folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_trained(cfg: Config, train_dir: Path) -> Path:
@@ -262,13 +249,13 @@ def run_row(row: BenchmarkRow, scale: str, seed: int, results_dir, data_root=Non
         if row.kind == "release" and scale == "paper":
             checkpoint = release_file(row, release_dir)
             folder = Path(results_dir) / "runs" / f"release-{checkpoint.stem}"
-            with locked(folder / ".lock"):
+            with waiting_lock(folder / ".lock"):
                 eval_file, evaluation = ensure_evaluated(cfg, checkpoint, folder, trusted)
             record.checkpoint_selection = "released"
             record.checkpoint = str(checkpoint.resolve())
         else:
             folder = train_dir_for(results_dir, cfg)
-            with locked(folder / ".lock"):
+            with waiting_lock(folder / ".lock"):
                 checkpoint = ensure_trained(cfg, folder)
                 eval_file, evaluation = ensure_evaluated(cfg, checkpoint, folder, trusted)
             last = checkpoint == RunDir(folder).checkpoint

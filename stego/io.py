@@ -2,12 +2,15 @@
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import tempfile
 from pathlib import Path
 
 from .errors import StegoError
+
+log = logging.getLogger(__name__)
 
 
 def writable_folder(folder, option: str) -> Path:
@@ -57,6 +60,26 @@ def folder_lock(folder, option: str = "--out"):
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def waiting_lock(path, waiting: str | None = None):
+    """Wait for, then hold, an exclusive lock on the file `path` (created with its folder) for the block: parallel
+    jobs take turns (one trains a shared folder or builds a store, the next finds it done). `waiting` is logged when
+    another process holds it. flock: local and most cluster file systems, not every NFS."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info("%s", waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -8,8 +8,6 @@ and labels. Building is resumable and atomic: a chunk file appears only whole, c
 index.json comes last. A store made for anything else than what is asked is a one-line error with the command
 that rebuilds it.
 """
-import contextlib
-import fcntl
 import logging
 import math
 import shutil
@@ -27,7 +25,7 @@ from stego.constants import IGNORE
 from stego.data.commands import knn_command
 from stego.data.knn import CROPS, TableSpec, source_fingerprint
 from stego.errors import MissingFileError, StegoError
-from stego.io import atomic_save_json, atomic_write, read_json
+from stego.io import atomic_save_json, atomic_write, read_json, waiting_lock
 from stego.runtime import autocast, pick_device, set_tf32, worker_count
 
 log = logging.getLogger(__name__)
@@ -182,23 +180,6 @@ def chunk_problem(path: Path, shape: tuple, dtype: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def shared_lock(path: Path):
-    """Wait for, then hold, an exclusive lock on `path` for the block: the first of parallel jobs builds a store,
-    the others wait and then find it built."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process building %s", path.with_suffix(""))
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_store(backbone, dataset, folder, meta: dict, *, root, labels: bool = True, batch_size: int = 64,
                 chunk: int = 512, device=None, workers: int = 0, force: bool = False) -> FeatureStore:
     """The store of `dataset`'s features in `folder`, built now (under a lock beside it) unless a valid one is
@@ -209,7 +190,7 @@ def build_store(backbone, dataset, folder, meta: dict, *, root, labels: bool = T
     if meta["dtype"] not in FEATURE_DTYPES or meta["precision"] not in PRECISIONS:
         raise StegoError(f"feature dtype {meta['dtype']!r} / precision {meta['precision']!r}: use one of "
                          f"{', '.join(FEATURE_DTYPES)} / {', '.join(PRECISIONS)}")
-    with shared_lock(folder.parent / f".{folder.name}.lock"):
+    with waiting_lock(folder.parent / f".{folder.name}.lock", f"waiting for another process building {folder}"):
         if (folder / INDEX).exists() and not force:
             return FeatureStore.open(folder, expect, root, labels)
         if force:

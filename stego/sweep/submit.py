@@ -1,7 +1,5 @@
 """Submitting a sweep's missing and failed jobs: one submitit job array on SLURM, background processes (local) or
 this process (debug); one submission at a time per sweep folder."""
-import contextlib
-import fcntl
 import logging
 import shutil
 import socket
@@ -11,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StegoError
-from ..io import atomic_save_json
+from ..io import atomic_save_json, waiting_lock
 from .jobs import (DONE, EXECUTORS, JOBS_FILE, LOG_DIR, RETRY, RUNNING, SUBMISSIONS, UNKNOWN, Job, check_unique,
                    load_jobs, now, read_submissions, save_jobs)
 from .run import Requeueable
@@ -80,18 +78,6 @@ def check_slurm() -> None:
         raise StegoError(f"--executor slurm: SLURM is not reachable ({reason}); {NO_SLURM}")
 
 
-@contextlib.contextmanager
-def _locked(sweep_dir: Path):
-    """One submission at a time per sweep folder."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def merge_jobs(sweep_dir: Path, new: list[Job]) -> list[Job]:
     """The sweep's jobs plus `new` ones, saved to jobs.yaml; a job id already there must have the same spec."""
     existing = load_jobs(sweep_dir / JOBS_FILE) if (sweep_dir / JOBS_FILE).exists() else []
@@ -123,7 +109,7 @@ def submit(sweep_dir, jobs: list[Job], resources: Resources, wait: bool = False,
     process. wait: block until no submitted job is queued or running.
     """
     sweep_dir = Path(sweep_dir).resolve()
-    with _locked(sweep_dir):
+    with waiting_lock(sweep_dir / ".lock"):  # one submission at a time per sweep folder
         all_jobs = merge_jobs(sweep_dir, jobs)
         statuses = sweep_status(sweep_dir)
         todo = [s.job for s in statuses if s.status in RETRY]
