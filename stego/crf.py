@@ -112,12 +112,13 @@ def dense_crf(image_bgr, probs, iterations=ITERATIONS):
 
 
 def _worker_main(conn, worker_fn):
-    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop.
+    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop, each
+    reply with the seconds the item took (the pool's occupancy, `CrfPool.busy_s`).
 
     Ctrl-C is ignored here: the parent handles it and terminates the workers, without a traceback per child.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(("ready", None, None))
+    conn.send(("ready", None, None, 0.0))
     while True:
         try:
             msg = conn.recv()
@@ -126,11 +127,12 @@ def _worker_main(conn, worker_fn):
         if msg is None:
             return
         index, image, probs, iterations = msg
+        start = time.perf_counter()
         try:
             reply = ("ok", index, worker_fn(image, probs, iterations))
         except Exception as exc:  # the parent recomputes the item serially, which raises it with a traceback
             reply = ("error", index, f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+        conn.send((*reply, time.perf_counter() - start))
 
 
 @dataclass
@@ -183,6 +185,9 @@ class CrfPool:
         self._broken = False
         self._closed = False
         self._warned = False
+        self.busy_s = 0.0
+        """Seconds the workers spent on items (wall, inside the worker): ÷ (workers × elapsed) is the pool's
+        occupancy, the share of worker time that had an item to work on."""
 
     def __enter__(self):
         return self
@@ -297,11 +302,12 @@ class CrfPool:
         for worker in waiting:
             if worker.conn in ready:
                 try:
-                    kind, _, payload = worker.conn.recv()
+                    kind, _, payload, seconds = worker.conn.recv()
                 except Exception:  # EOF, broken pipe or a reply cut short: the worker is gone
                     self._fail(worker, "died")
                     continue
                 if kind in ("ok", "error"):  # "ok", "error" and "ready" all leave the worker idle
+                    self.busy_s += seconds
                     batch, index = worker.item
                     batch.left -= 1
                     if kind == "ok":

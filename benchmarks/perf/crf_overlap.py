@@ -5,24 +5,27 @@
 The sequential loop (`sequential_score`, the former score_split written out here as the reference) ran the network
 on a batch, then refined its cluster map and its linear map one after the other, each waiting for the pool; the
 overlapped one hands both maps to the pool at once and collects them after the next batch's network pass. Both run
-on synthetic 320² scenes with a random-init model on the filterbank backbone (cheap on the CPU, so the main process
-takes about what a GPU node's would), and give the same counts bit for bit. Printed per loop: images/s, the CRF
-workers' busy share (their CPU time ÷ workers × wall, from /proc) and the whole machine's (from /proc/stat; other
-jobs included), the load average; then the utilisation projected for a 16-core node from the measured per-item CRF
-time and main-process time per batch (model in `project`).
+on synthetic 320² scenes of 27 classes with a random-init model on the filterbank backbone (cheap on the CPU, so
+the main process takes about what a GPU node's would), and give the same counts bit for bit. Printed per loop:
+images/s, the CRF pool's occupancy (the share of worker time that had an item: CrfPool.busy_s ÷ workers × wall;
+on cores of its own that is their utilisation, and it does not depend on other jobs taking the cores) and the whole
+machine's busy share (/proc/stat, other jobs included), the load average; then the utilisation projected for a
+16-core node from the serial CPU time of a map and the main process's CPU time per batch (model in `project`).
 """
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from stego import build
 from stego.config import Config, from_dict
+from stego.crf import dense_crf, image_to_bgr_uint8
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.evaluate import score_split
 from stego.inference import crf_pool, crf_refine, probe_log_probs, upsampled_code
@@ -30,10 +33,10 @@ from stego.metrics import ConfusionMatrix
 from stego.refits import Refits
 from stego.stats import ImageCountsBuilder
 
-from .measure import busy_fraction, cpu_times, descendants_cpu
+from .measure import busy_fraction, cpu_times
 
 
-def sequential_score(model, backbone, dataset, cfg: Config, refits: Refits | None = None):
+def sequential_score(model, backbone, dataset, cfg: Config, refits: Refits | None = None, make_pool=crf_pool):
     """(per-image counts by probe, refit confusions) of the sequential loop: each batch's network pass, then its
     cluster and linear CRF maps one after the other (the evaluation loop before the overlap)."""
     refits = refits or Refits()
@@ -44,7 +47,7 @@ def sequential_score(model, backbone, dataset, cfg: Config, refits: Refits | Non
     over = {k: ConfusionMatrix(k, n_classes) for k in refits.overclustering}
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=0)
     model.eval()
-    pool = crf_pool(cfg) if cfg.eval.crf else None
+    pool = make_pool(cfg) if cfg.eval.crf else None
     try:
         for batch in loader:
             images, labels = batch["img"], batch["label"]
@@ -70,9 +73,11 @@ def sequential_score(model, backbone, dataset, cfg: Config, refits: Refits | Non
 
 
 def scene_setup(root, images: int, size: int, batch: int, workers: int, seed: int = 0):
-    """(model, backbone, val dataset, config): synthetic scenes of `size`², a random-init head and probes on the
-    filterbank backbone, evaluated at `size` with DenseCRF in `workers` processes (0: serially)."""
-    scenes = make_scenes(Path(root) / "scenes", SceneSpec(n_train=2, n_val=images, size=size), seed=seed)
+    """(model, backbone, val dataset, config): synthetic scenes of `size`² with 27 classes (COCO-Stuff-27's CRF
+    labels), a random-init head and probes on the filterbank backbone, evaluated at `size` with DenseCRF in
+    `workers` processes (0: serially)."""
+    scenes = make_scenes(Path(root) / "scenes", SceneSpec(n_classes=27, n_train=2, n_val=images, size=size),
+                         seed=seed)
     cfg = from_dict({
         "name": "crf-overlap",
         "data": {"dataset": "synthetic", "root": str(scenes), "crop": "none", "res": size, "workers": 0},
@@ -87,30 +92,42 @@ def scene_setup(root, images: int, size: int, batch: int, workers: int, seed: in
     return model, backbone, dataset, cfg
 
 
-class _PoolSampler(threading.Thread):
-    """Last-seen CPU seconds of each descendant process (the CRF workers and their forkserver), sampled often."""
+def timed(loop, cfg: Config) -> dict:
+    """Run loop(make_pool) once: its wall time without the pool's start (workers are started and warmed before the
+    loop gets the pool, as in a long evaluation), this process's CPU time, the pool's occupancy (CrfPool.busy_s ÷
+    workers × wall), the machine's busy share (/proc/stat, other jobs included) and the load average."""
+    pools, starting = [], []
 
-    def __init__(self, every: float = 0.1):
-        super().__init__(daemon=True)
-        self.every, self.seen, self.done = every, {}, threading.Event()
+    def make_pool(c):
+        begin = time.perf_counter()
+        pools.append(crf_pool(c))
+        image, probs = np.zeros((8, 8, 3), np.uint8), np.full((2, 8, 8), 0.5, np.float32)
+        pools[-1].map([image] * c.eval.crf_workers, [probs] * c.eval.crf_workers)
+        pools[-1].busy_s = 0.0
+        starting.append(time.perf_counter() - begin)
+        return pools[-1]
 
-    def run(self):
-        while not self.done.is_set():
-            self.seen.update(descendants_cpu(os.getpid()))
-            self.done.wait(self.every)
-
-
-def timed(fn) -> dict:
-    """Run fn() once; its wall time, the descendants' CPU time, this process's CPU time, machine busy share, load."""
-    sampler = _PoolSampler()
     load, cores, cpu0, start = os.getloadavg()[0], cpu_times(), time.process_time(), time.perf_counter()
-    sampler.start()
-    fn()
-    wall = time.perf_counter() - start
-    sampler.done.set()
-    sampler.join()
-    return {"wall_s": wall, "pool_cpu_s": sum(sampler.seen.values()), "main_cpu_s": time.process_time() - cpu0,
-            "machine_busy": busy_fraction(cores, cpu_times()), "load": (load, os.getloadavg()[0])}
+    loop(make_pool)
+    wall = time.perf_counter() - start - sum(starting)
+    return {"wall_s": wall, "main_cpu_s": time.process_time() - cpu0, "load": (load, os.getloadavg()[0]),
+            "machine_busy": busy_fraction(cores, cpu_times()),
+            "occupancy": sum(p.busy_s for p in pools) / (cfg.eval.crf_workers * wall)}
+
+
+def crf_item_cpu(dataset, n_classes: int, items: int = 3) -> float:
+    """CPU seconds of one `dense_crf` map of the dataset's images (random 27-label probabilities), in this process."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(items):
+        img = dataset[i]["img"]
+        logits = rng.normal(0, 2, (n_classes, *img.shape[1:]))
+        e = np.exp(logits - logits.max(axis=0))
+        pairs.append((image_to_bgr_uint8(img), (e / e.sum(axis=0)).astype(np.float32)))
+    start = time.process_time()
+    for image, probs in pairs:
+        dense_crf(image, probs)
+    return (time.process_time() - start) / items
 
 
 def project(t_item: float, t_main: float, batch: int, workers: int) -> dict:
@@ -147,35 +164,37 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         model, backbone, dataset, cfg = scene_setup(tmp, args.images, args.size, args.batch, args.workers)
-        loops = {"sequential": lambda: sequential_score(model, backbone, dataset, cfg),
-                 "overlapped": lambda: score_split(model, backbone, dataset, cfg)}
-        loops["overlapped"]()  # warm: the scenes' files, the forkserver
+
+        def overlapped(make_pool):
+            with mock.patch("stego.evaluate.crf_pool", make_pool):
+                score_split(model, backbone, dataset, cfg)
+
+        loops = {"sequential": lambda make_pool: sequential_score(model, backbone, dataset, cfg, make_pool=make_pool),
+                 "overlapped": overlapped}
         runs = {name: [] for name in loops}
         for _ in range(args.rounds):
-            for name, fn in loops.items():
-                runs[name].append(timed(fn))
+            for name, loop in loops.items():
+                runs[name].append(timed(loop, cfg))
         network_cpu = _network_only(model, backbone, dataset, cfg)
-    items = 2 * args.images
-    print(f"{args.images} images {args.size}², batch {args.batch}, {args.workers} CRF workers, "
+        t_item = crf_item_cpu(dataset, model.n_classes)
+    print(f"{args.images} images {args.size}², 27 labels, batch {args.batch}, {args.workers} CRF workers, "
           f"{os.cpu_count()} cores; torch 1 thread in the main process")
-    print("| loop | images/s | CRF workers busy | machine busy | load 1 min |\n|---|---:|---:|---:|---|")
+    print("| loop | images/s | CRF pool occupancy | machine busy | load 1 min |\n|---|---:|---:|---:|---|")
     for name, rs in runs.items():
         for r in rs:
-            print(f"| {name} | {args.images / r['wall_s']:.2f} | {r['pool_cpu_s'] / (args.workers * r['wall_s']):.0%} "
-                  f"| {r['machine_busy']:.0%} | {r['load'][0]:.1f}–{r['load'][1]:.1f} |")
+            print(f"| {name} | {args.images / r['wall_s']:.3f} | {r['occupancy']:.0%} | {r['machine_busy']:.0%} "
+                  f"| {r['load'][0]:.1f}–{r['load'][1]:.1f} |")
     best = min(runs["overlapped"], key=lambda r: r["wall_s"])
-    t_item = best["pool_cpu_s"] / items
     batches = -(-args.images // args.batch)
-    t_main = (best["main_cpu_s"] - network_cpu) / batches + args.gpu_network_s
-    print(f"\nper CRF item {t_item:.2f} s CPU; main process per batch besides the network "
-          f"{t_main - args.gpu_network_s:.2f} s CPU (loading, hand-over, counting), + {args.gpu_network_s} s of "
-          "GPU network on the node")
+    main_s = (best["main_cpu_s"] - network_cpu) / batches
+    t_main = main_s + args.gpu_network_s
+    print(f"\nper CRF map {t_item:.2f} s CPU (serial, this process); main process per batch besides the network "
+          f"{main_s:.2f} s CPU (loading, hand-over, counting), + {args.gpu_network_s} s of GPU network on the node")
     for w in (args.workers, args.node_cores):
         proj = project(t_item, t_main, args.batch, w)
         print(f"projected CRF-pool utilisation, {w} workers, batch {args.batch}: sequential {proj['sequential']:.0%}, "
               f"overlapped {proj['overlapped']:.0%}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

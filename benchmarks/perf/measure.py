@@ -173,20 +173,3 @@ def tree_files(paths) -> tuple[int, int]:
             continue
     return files, size
 
-
-def descendants_cpu(root: int) -> dict[int, float]:
-    """{pid: CPU seconds (user + system) so far} of every live descendant of process `root` (/proc/<pid>/stat)."""
-    procs, children = _processes(), {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack, tick = {}, [root], os.sysconf("SC_CLK_TCK")
-    while stack:
-        for child in children.get(stack.pop(), []):
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                found[child] = (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
-            stack.append(child)
-    return found
