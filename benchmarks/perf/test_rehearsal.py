@@ -1,6 +1,6 @@
 """The paper-scale rehearsal at a tiny size: the synthetic files in the real layout, the data stages as the real
 commands with their costs recorded, a re-run that runs nothing again; the train and eval command lines it would run
-parse; the sizes and the growth fit."""
+parse; the sizes and the growth fit. About 20 s on 2 idle cores (three stego processes start torch)."""
 import pytest
 
 from stego.cli import build_parser, parse
@@ -26,14 +26,14 @@ def test_growth_exponent_is_the_log_log_slope():
 
 
 def test_tiny_rehearsal_runs_the_data_stages_once(tmp_path, capsys):
-    stages = ("write", "check", "fivecrop", "knn")
+    stages = ("write", "check", "fivecrop")  # knn, train and eval take minutes: their command lines are parsed below
     results = rehearsal.rehearse(tmp_path, [3], datasets=("cocostuff27",), only=stages, workers=1)
     run = results["runs"]["cocostuff27"]["3"]
     assert set(run) == set(stages)
     assert all(run[s]["returncode"] == 0 and run[s]["wall_s"] > 0 and run[s]["cpu_s"] > 0 for s in stages)
     assert run["check"]["cpu_s"] > 1  # a stego process (torch imported) was measured, not only the launcher
     assert run["write"]["items"] == 3 + 1 and run["fivecrop"]["items"] == 15
-    assert run["fivecrop"]["files"] == 2 * 15  # a JPEG crop and a PNG label crop per five-crop
+    assert run["fivecrop"]["files"] == 2 * 15 + 1  # a JPEG and a PNG label per five-crop, and the manifest
     root = tmp_path / "cocostuff27" / "n3" / "data"
     assert len(list((root / "cocostuff" / "images" / "train2017").glob("*.jpg"))) == 3
     assert tree_files([root / "cocostuff" / "annotations" / "val2017"])[0] == 1
