@@ -59,6 +59,7 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
     pool = crf_pool(cfg) if crf else None
 
     def count(labels, predictions, collect):
+        """Add a batch's per-image counts, after waiting for its CRF maps (collect: None without CRF)."""
         if collect is not None:
             start = time.perf_counter()
             predictions["cluster_crf"], predictions["linear_crf"] = (m.argmax(1) for m in collect())
