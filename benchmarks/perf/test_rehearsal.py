@@ -1,6 +1,6 @@
 """The paper-scale rehearsal at a tiny size: the synthetic files in the real layout, the data stages as the real
 commands with their costs recorded, a re-run that runs nothing again; the train and eval command lines it would run
-parse; the sizes and the growth fit. About 20 s on 2 idle cores (three stego processes start torch)."""
+parse; the sizes and the growth fit. 71 s on the 2 shared cores at load 10 (three stego processes start torch)."""
 import pytest
 
 from stego.cli import build_parser, parse
