@@ -112,12 +112,13 @@ def dense_crf(image_bgr, probs, iterations=ITERATIONS):
 
 
 def _worker_main(conn, worker_fn):
-    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop.
+    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop, each
+    reply with the seconds the item took (the pool's occupancy, `CrfPool.busy_s`).
 
     Ctrl-C is ignored here: the parent handles it and terminates the workers, without a traceback per child.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(("ready", None, None))
+    conn.send(("ready", None, None, 0.0))
     while True:
         try:
             msg = conn.recv()
@@ -126,11 +127,12 @@ def _worker_main(conn, worker_fn):
         if msg is None:
             return
         index, image, probs, iterations = msg
+        start = time.perf_counter()
         try:
             reply = ("ok", index, worker_fn(image, probs, iterations))
         except Exception as exc:  # the parent recomputes the item serially, which raises it with a traceback
             reply = ("error", index, f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+        conn.send((*reply, time.perf_counter() - start))
 
 
 @dataclass
@@ -140,17 +142,32 @@ class _Worker:
     deadline: float
     state: str = "starting"
     """'starting' (until it reports ready), 'idle' or 'busy'."""
-    item: int = -1
+    item: tuple = ()
+    """(batch, index) of the item it is working on."""
+
+
+@dataclass
+class _Batch:
+    """One `submit`'s items and what has come back of them."""
+
+    images: list
+    probs: list
+    results: list
+    left: int
+    """Items neither answered nor failed yet."""
+    failed: list
 
 
 class CrfPool:
-    """Worker processes running `dense_crf`, kept alive across `map` calls; use as a context manager.
+    """Worker processes running `dense_crf`, kept alive across calls; use as a context manager.
 
-    A worker that dies, raises or exceeds `timeout` seconds on an item is killed and replaced, and that
-    item is recomputed serially in this process; a worker that cannot start marks the pool broken, after
-    which `map` runs serially. `close` (also on exit of the `with` block) asks workers to stop, then
-    terminates and kills stragglers; workers are daemons, so interpreter exit ends them too.
-    `_worker_fn` replaces what workers run (module-level, importable: tests inject crashing or sleeping
+    `submit` hands a batch's items to the workers and returns at once, so the caller can compute the next batch
+    meanwhile; `result` waits for a batch, feeding idle workers the items of later batches while it waits, so the
+    pool does not idle between batches; `map` is both in one call. A worker that dies, raises or exceeds `timeout`
+    seconds on an item is killed and replaced, and that item is recomputed serially in this process; a worker that
+    cannot start marks the pool broken, after which items run serially. `close` (also on exit of the `with` block)
+    asks workers to stop, then terminates and kills stragglers; workers are daemons, so interpreter exit ends them
+    too. `_worker_fn` replaces what workers run (module-level, importable: tests inject crashing or sleeping
     versions); the serial fallback always runs `dense_crf`.
     """
 
@@ -163,10 +180,14 @@ class CrfPool:
         self._worker_fn = _worker_fn or dense_crf
         self._ctx = multiprocessing.get_context(_START_METHOD)
         self._pool = []
-        self._failed = []
+        self._pending = deque()
+        """(batch, index) of submitted items no worker has taken yet, in submission order."""
         self._broken = False
         self._closed = False
         self._warned = False
+        self.busy_s = 0.0
+        """Seconds the workers spent on items (wall, inside the worker): ÷ (workers × elapsed) is the pool's
+        occupancy, the share of worker time that had an item to work on."""
 
     def __enter__(self):
         return self
@@ -176,30 +197,47 @@ class CrfPool:
 
     def map(self, images, probs):
         """Refined probs for each (image, probs) pair, in input order."""
+        return self.result(self.submit(images, probs))
+
+    def submit(self, images, probs):
+        """Start refining each (image, probs) pair in the workers and return a handle for `result` at once."""
         if self._closed:
-            raise StegoError("CrfPool.map called after close(); create a new CrfPool")
+            raise StegoError("CrfPool used after close(); create a new CrfPool")
         if len(images) != len(probs):
             raise StegoError(f"crf: {len(images)} images but {len(probs)} probability maps; pass one per image")
         for image, prob in zip(images, probs):
             _check_inputs(image, prob)
-        results = [None] * len(images)
-        self._failed = []
+        batch = _Batch(list(images), list(probs), [None] * len(images), len(images), [])
+        self._pending.extend((batch, index) for index in range(len(images)))
         try:
-            pending = deque(range(len(images)))
-            if pending and not self._broken:
+            if batch.left and not self._broken:
                 self._fill()
-            while (pending and self._pool) or any(w.state == "busy" for w in self._pool):
-                for worker in [w for w in self._pool if w.state == "idle"]:
-                    if pending:
-                        self._dispatch(worker, pending.popleft(), images, probs)
-                self._collect(results)
-            self._failed.extend(pending)
+            self._feed()
         except BaseException:
             self._terminate_all()
             raise
-        for index in self._failed:
-            results[index] = dense_crf(images[index], probs[index], self.iterations)
-        return results
+        return batch
+
+    def result(self, batch):
+        """The refined probs of a `submit`ted batch, in its input order, once all are done."""
+        if self._closed:
+            raise StegoError("CrfPool used after close(); create a new CrfPool")
+        try:
+            while batch.left:
+                if not self._pool:  # none left to start or wait for: this batch's items go to the serial fallback
+                    mine = [item for item in self._pending if item[0] is batch]
+                    self._pending = deque(item for item in self._pending if item[0] is not batch)
+                    batch.failed.extend(index for _, index in mine)
+                    batch.left -= len(mine)
+                    break
+                self._feed()
+                self._collect()
+        except BaseException:
+            self._terminate_all()
+            raise
+        for index in batch.failed:
+            batch.results[index] = dense_crf(batch.images[index], batch.probs[index], self.iterations)
+        return batch.results
 
     def close(self):
         """Stop all workers: ask politely, then terminate, then kill; safe to call twice."""
@@ -216,6 +254,7 @@ class CrfPool:
         for worker in asked:
             worker.process.join(max(0.0, deadline - time.monotonic()))
         self._terminate_all()
+        self._pending.clear()
 
     def _fill(self):
         self._pool = [w for w in self._pool if w.process.is_alive() or self._drop(w)]
@@ -237,15 +276,22 @@ class CrfPool:
             child_conn.close()
         self._pool.append(_Worker(process, parent_conn, time.monotonic() + START_TIMEOUT))
 
-    def _dispatch(self, worker, index, images, probs):
-        worker.state, worker.item = "busy", index
+    def _feed(self):
+        """Give every idle worker the next pending item."""
+        for worker in [w for w in self._pool if w.state == "idle"]:
+            if self._pending:
+                self._dispatch(worker, self._pending.popleft())
+
+    def _dispatch(self, worker, item):
+        batch, index = item
+        worker.state, worker.item = "busy", item
         worker.deadline = time.monotonic() + self.timeout
         try:
-            worker.conn.send((index, images[index], probs[index], self.iterations))
+            worker.conn.send((index, batch.images[index], batch.probs[index], self.iterations))
         except OSError:
             self._fail(worker, "died before taking its item")
 
-    def _collect(self, results):
+    def _collect(self):
         """Wait for the next reply, death or deadline among the workers and handle it."""
         waiting = [w for w in self._pool if w.state != "idle"]
         if not waiting:
@@ -256,16 +302,20 @@ class CrfPool:
         for worker in waiting:
             if worker.conn in ready:
                 try:
-                    kind, _, payload = worker.conn.recv()
+                    kind, _, payload, seconds = worker.conn.recv()
                 except Exception:  # EOF, broken pipe or a reply cut short: the worker is gone
                     self._fail(worker, "died")
                     continue
-                if kind == "ok":  # "ok", "error" and "ready" all leave the worker idle
-                    results[worker.item] = payload
-                elif kind == "error":
-                    self._failed.append(worker.item)
-                    self._warn(f"CRF worker raised on item {worker.item} ({payload}); recomputing it serially")
-                worker.state, worker.item = "idle", -1
+                if kind in ("ok", "error"):  # "ok", "error" and "ready" all leave the worker idle
+                    self.busy_s += seconds
+                    batch, index = worker.item
+                    batch.left -= 1
+                    if kind == "ok":
+                        batch.results[index] = payload
+                    else:
+                        batch.failed.append(index)
+                        self._warn(f"CRF worker raised on item {index} ({payload}); recomputing it serially")
+                worker.state, worker.item = "idle", ()
             elif worker.process.sentinel in ready:
                 self._fail(worker, f"died (exit code {worker.process.exitcode})")
             elif now >= worker.deadline:
@@ -275,8 +325,10 @@ class CrfPool:
     def _fail(self, worker, why):
         """Kill a failed worker; its item goes to the serial fallback; replace it unless it never started."""
         if worker.state == "busy":
-            self._failed.append(worker.item)
-            self._warn(f"CRF worker {why} on item {worker.item}; recomputing it serially in the main process")
+            batch, index = worker.item
+            batch.failed.append(index)
+            batch.left -= 1
+            self._warn(f"CRF worker {why} on item {index}; recomputing it serially in the main process")
         else:
             self._warn(f"CRF worker {why} while starting; no more CRF workers will be started")
         self._pool.remove(worker)
@@ -294,7 +346,10 @@ class CrfPool:
         log.warning("%s (further CRF worker failures of this pool are logged at debug level)", message)
 
     def _terminate_all(self):
+        """End every worker; the items they were working on go back to the front of the queue."""
         for worker in self._pool:
+            if worker.state == "busy":
+                self._pending.appendleft(worker.item)
             self._drop(worker)
         self._pool = []
 

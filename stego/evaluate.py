@@ -18,7 +18,7 @@ from .analysis import analyze_run
 from .checkpoint import load_for_eval
 from .config import Config
 from .errors import StegoError
-from .inference import crf_pool, crf_refine, probe_log_probs, upsampled_code
+from .inference import crf_pool, crf_submit, probe_log_probs, upsampled_code
 from .io import writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .refits import Refits, refit_probes
@@ -37,6 +37,8 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
 
     Every probe (and after DenseCRF when `crf`) is counted per image (stego.counts.ImageCounts); the refitted
     cluster probes (stego.refits, without CRF) only in sum: {"restarts": [confusion], "overclustering": {K: ...}}.
+    Both CRF maps of a batch go to the pool at once and are collected after the next batch's network pass, so the
+    pool works while the network runs; timings' "crf" is the time spent handing maps over and waiting for them.
     """
     device = device or next(model.parameters()).device
     crf = cfg.eval.crf if crf is None else crf
@@ -55,6 +57,19 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
     model.eval()
     timings = {"network": 0.0, "crf": 0.0}
     pool = crf_pool(cfg) if crf else None
+
+    def count(labels, predictions, collect):
+        """Add a batch's per-image counts, after waiting for its CRF maps (collect: None without CRF)."""
+        if collect is not None:
+            start = time.perf_counter()
+            predictions["cluster_crf"], predictions["linear_crf"] = (m.argmax(1) for m in collect())
+            timings["crf"] += time.perf_counter() - start
+        truth = labels.numpy()
+        for probe, pred in predictions.items():
+            for p, t in zip(pred.cpu().numpy(), truth):
+                builders[probe].add(p, t)
+
+    in_flight = None  # the batch whose CRF maps the pool works on while the network runs the next
     try:
         for done, batch in enumerate(tqdm(loader, desc=desc, dynamic_ncols=True)):
             if should_stop is not None and should_stop():
@@ -71,15 +86,14 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
                 for matrix, probe in refitted:
                     matrix.update(probe.cosine(code).argmax(1), labels)
             timings["network"] += time.perf_counter() - start
-            if crf:
-                start = time.perf_counter()
-                predictions["cluster_crf"] = crf_refine(images, cluster_lp, pool).argmax(1)
-                predictions["linear_crf"] = crf_refine(images, linear_lp, pool).argmax(1)
-                timings["crf"] += time.perf_counter() - start
-            truth = labels.numpy()
-            for probe, pred in predictions.items():
-                for p, t in zip(pred.cpu().numpy(), truth):
-                    builders[probe].add(p, t)
+            start = time.perf_counter()
+            collect = crf_submit(images, [cluster_lp, linear_lp], pool) if crf else None
+            timings["crf"] += time.perf_counter() - start
+            if in_flight is not None:
+                count(*in_flight)
+            in_flight = (labels, predictions, collect)
+        if in_flight is not None:
+            count(*in_flight)
     finally:
         if pool is not None:
             pool.close()

@@ -47,11 +47,23 @@ def predict_log_probs(model, backbone, images: torch.Tensor, size, precision: st
 
 def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torch.Tensor:
     """DenseCRF marginals for a batch of normalised images and log-probs, through a CrfPool (None: serially)."""
+    return crf_submit(images, [log_probs], pool)()[0]
+
+
+def crf_submit(images: torch.Tensor, maps: list, pool=None):
+    """Hand DenseCRF every map of `maps` (log-probs [B,K,H,W] of the same images) at once, to a CrfPool or (None)
+    serially; returns collect() → the marginals, one tensor per map. The pool works while the caller goes on."""
     from .crf import crf_batch, image_to_bgr_uint8
 
-    bgr = [image_to_bgr_uint8(img.numpy()) for img in images.cpu()]
-    probs = [p.numpy() for p in log_probs.float().softmax(dim=1).cpu()]
-    return torch.from_numpy(np.stack(pool.map(bgr, probs) if pool is not None else crf_batch(bgr, probs)))
+    bgr = [image_to_bgr_uint8(img.numpy()) for img in images.cpu()] * len(maps)
+    probs = [p.numpy() for log_probs in maps for p in log_probs.float().softmax(dim=1).cpu()]
+    batch = pool.submit(bgr, probs) if pool is not None else None
+
+    def collect() -> list:
+        refined = np.stack(pool.result(batch) if pool is not None else crf_batch(bgr, probs))
+        return [torch.from_numpy(part) for part in np.split(refined, len(maps))]
+
+    return collect
 
 
 def crf_pool(cfg: Config):

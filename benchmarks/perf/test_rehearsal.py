@@ -1,0 +1,52 @@
+"""The paper-scale rehearsal at a tiny size: the synthetic files in the real layout, the data stages as the real
+commands with their costs recorded, a re-run that runs nothing again; the train and eval command lines it would run
+parse; the sizes and the growth fit. 71 s on the 2 shared cores at load 10 (three stego processes start torch)."""
+import pytest
+
+from stego.cli import build_parser, parse
+
+from . import rehearsal, rehearsal_data
+from .measure import tree_files
+
+
+def test_split_sizes_scale_every_split_and_full_is_the_paper():
+    assert rehearsal_data.split_sizes("cocostuff27", 49_629) == {"train": 49_629, "val": 2_175}
+    assert rehearsal_data.split_sizes("cityscapes27", 49_629) == {"train": 2_975, "val": 500}
+    assert rehearsal_data.split_sizes("cocostuff27", 5_000) == {"train": 5_000, "val": 219}
+    assert rehearsal_data.split_sizes("cityscapes27", 2) == {"train": 2, "val": 1}
+    assert rehearsal.parse_sizes("full,1000,1000") == [1000, 49_629]
+    with pytest.raises(SystemExit):
+        rehearsal.parse_sizes("60000")
+
+
+def test_growth_exponent_is_the_log_log_slope():
+    assert rehearsal.growth_exponent([1e3, 5e3, 25e3], [2.0, 10.0, 50.0]) == pytest.approx(1.0)
+    assert rehearsal.growth_exponent([1e3, 5e3], [1.0, 25.0]) == pytest.approx(2.0)
+    assert rehearsal.growth_exponent([1e3], [1.0]) is None
+
+
+def test_tiny_rehearsal_runs_the_data_stages_once(tmp_path, capsys):
+    stages = ("write", "check", "fivecrop")  # knn, train and eval take minutes: their command lines are parsed below
+    results = rehearsal.rehearse(tmp_path, [3], datasets=("cocostuff27",), only=stages, workers=1)
+    run = results["runs"]["cocostuff27"]["3"]
+    assert set(run) == set(stages)
+    assert all(run[s]["returncode"] == 0 and run[s]["wall_s"] > 0 and run[s]["cpu_s"] > 0 for s in stages)
+    assert run["check"]["cpu_s"] > 1  # a stego process (torch imported) was measured, not only the launcher
+    assert run["write"]["items"] == 3 + 1 and run["fivecrop"]["items"] == 15
+    assert run["fivecrop"]["files"] == 2 * 15 + 1  # a JPEG and a PNG label per five-crop, and the manifest
+    root = tmp_path / "cocostuff27" / "n3" / "data"
+    assert len(list((root / "cocostuff" / "images" / "train2017").glob("*.jpg"))) == 3
+    assert tree_files([root / "cocostuff" / "annotations" / "val2017"])[0] == 1
+    finished = {s: run[s]["finished"] for s in stages}
+    again = rehearsal.rehearse(tmp_path, [3], datasets=("cocostuff27",), only=stages, workers=1)
+    assert {s: again["runs"]["cocostuff27"]["3"][s]["finished"] for s in stages} == finished
+    table = rehearsal.tables(again)
+    assert "| cocostuff27 | fivecrop | 3 | 15 |" in table and table.startswith("Machine: ")
+
+
+def test_train_and_eval_command_lines_parse(tmp_path):
+    for dataset in rehearsal.DATASETS:
+        for stage in rehearsal.stages(dataset, 1000, tmp_path, iterations=5, batch_size=4, workers=1):
+            if stage.argv[1:3] == ["-m", "stego.cli"]:
+                args = parse(build_parser(), [str(a) for a in stage.argv[3:]])
+                assert args.command in ("data", "train", "eval"), stage.name
