@@ -27,11 +27,11 @@ from stego import build
 from stego.config import Config, from_dict
 from stego.crf import dense_crf, image_to_bgr_uint8
 from stego.data.synthetic import SceneSpec, make_scenes
+from stego.counts import ImageCountsBuilder
 from stego.evaluate import score_split
 from stego.inference import crf_pool, crf_refine, probe_log_probs, upsampled_code
 from stego.metrics import ConfusionMatrix
 from stego.refits import Refits
-from stego.stats import ImageCountsBuilder
 
 from .measure import busy_fraction, cpu_times
 
