@@ -23,7 +23,7 @@ from tqdm import tqdm
 from stego.config import FEATURE_DTYPES, PRECISIONS
 from stego.constants import IGNORE
 from stego.data.commands import knn_command
-from stego.data.knn import CROPS, TableSpec, source_fingerprint
+from stego.data.knn import TableSpec, add_split_arguments, source_fingerprint
 from stego.errors import MissingFileError, StegoError
 from stego.io import atomic_save_json, atomic_write, read_json, waiting_lock
 from stego.runtime import autocast, pick_device, set_tf32, worker_count
@@ -258,25 +258,11 @@ def add_cli(data_subparsers):
                     "training with data.features=cached reads instead of running the backbone. Training builds the "
                     "store on first use; this command builds it ahead (e.g. on a GPU node). Resumable: a killed "
                     "run continues where it stopped; a valid store already there is kept.")
-    p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
-    p.add_argument("--root", required=True, type=Path, help="data root; the store goes to ROOT/features/")
-    p.add_argument("--split", required=True, help="split to cache (train, val, ...)")
-    p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
-    p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="with --weights random: torch seed of the init (train.seed of the run that uses it)")
-    p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
-    p.add_argument("--crop", choices=CROPS, default="none", help="cache five-crops or whole images")
-    p.add_argument("--crop-ratio", type=float, default=0.5, help="five-crop ratio (data.crop_ratio; default 0.5)")
+    add_split_arguments(p, "the store goes to ROOT/features/", "cache")
     p.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16",
                    help="stored value type (data.features_dtype; default float16, half the size)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone arithmetic (train.precision)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
     p.add_argument("--chunk", type=int, default=512,
                    help="items per chunk file (one chunk is held in RAM while it is computed; default 512)")
-    p.add_argument("--workers", type=int, default=-1,
-                   help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="rebuild even if a store exists")
     p.set_defaults(func=run_features)
     return p

@@ -351,6 +351,27 @@ def mine_knn(backbone, dataset, path, meta, k=30, batch_size=64, chunk=1024, key
     return table
 
 
+def add_split_arguments(p, goes_to: str, verb: str) -> None:
+    """The options naming a split and the backbone run over it, shared by `stego data knn` and `stego data
+    features`: dataset, root, split, backbone, weights, seed, res, crop, batch size, workers, device, precision."""
+    p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
+    p.add_argument("--root", required=True, type=Path, help=f"data root; {goes_to}")
+    p.add_argument("--split", required=True, help=f"split to {verb.split()[0]} (train, val, ...)")
+    p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
+    p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --weights random: torch seed of the init (train.seed of the run that uses it)")
+    p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
+    p.add_argument("--crop", choices=CROPS, default="none", help=f"{verb} five-crops or whole images")
+    p.add_argument("--crop-ratio", type=float, default=0.5, help="five-crop ratio (data.crop_ratio; default 0.5)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="backbone arithmetic: fp32 (default; TF32 off on CUDA) or bf16 autocast (train.precision)")
+
+
 def add_cli(data_subparsers):
     """Register `knn` (under `stego data`): mine and save the KNN table of one dataset split."""
     p = data_subparsers.add_parser(
@@ -359,25 +380,10 @@ def add_cli(data_subparsers):
                     "L2-normalise the features, and keep each one's K most similar (rank 0: itself) in "
                     "ROOT/nns/. Training mines its table on first use; this command mines it ahead (e.g. on a GPU "
                     "node). A table already there is kept when it matches the images and keeps at least K.")
-    p.add_argument("--dataset", required=True, help="dataset name (cocostuff27, cityscapes27, potsdam3, ...)")
-    p.add_argument("--root", required=True, type=Path, help="data root; the table goes to ROOT/nns/")
-    p.add_argument("--split", required=True, help="split to mine within (train, val, ...)")
-    p.add_argument("--backbone", required=True, help="backbone name (dino_vitb8, dino_vits8, ...)")
-    p.add_argument("--weights", default=None, help="weight file, or 'random' (default: the official file)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="with --weights random: torch seed of the init (train.seed of the run that uses it)")
+    add_split_arguments(p, "the table goes to ROOT/nns/", "mine over")
     p.add_argument("--k", type=int, default=30, help="neighbours kept per image, self included (default 30)")
-    p.add_argument("--res", type=int, default=224, help="image size fed to the backbone (default 224)")
-    p.add_argument("--crop", choices=CROPS, default="none", help="mine over five-crops or whole images")
-    p.add_argument("--crop-ratio", type=float, default=0.5, help="five-crop ratio (data.crop_ratio; default 0.5)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per backbone forward")
     p.add_argument("--chunk", type=int, default=1024, help="query rows per similarity tile")
     p.add_argument("--key-chunk", type=int, default=16384, help="key rows per similarity tile")
-    p.add_argument("--workers", type=int, default=-1,
-                   help="data-loading worker processes (default -1: one per CPU this process may use, less one)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="backbone arithmetic: fp32 (default; TF32 off on CUDA) or bf16 autocast (train.precision)")
     p.add_argument("--out", type=Path, default=None, help="table file (default ROOT/nns/nns_<...>.pt)")
     p.add_argument("--force", action="store_true", help="re-mine even if a table exists")
     p.set_defaults(func=run_knn)
