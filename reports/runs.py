@@ -9,6 +9,7 @@ from pathlib import Path
 from stego import records
 from stego.config import MACHINE_KEYS
 from stego.errors import MissingFileError, StegoError
+from stego.runs import COUNTS_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def load_records(results_dir, exclude=None) -> tuple[list[Run], list]:
         if exclude is not None and _inside(path.resolve(), [exclude]):
             continue
         if any(part.endswith("_analysis") for part in path.relative_to(results_dir).parts[:-1]):
+            continue
+        if path.name.endswith(COUNTS_SUFFIX):  # an eval record's per-image counts, read only where used
             continue
         record = _read(path)
         if isinstance(record, records.HyperparameterRecord):

@@ -77,4 +77,8 @@ def counts_file(record: Path) -> Path:
     """The per-image confusion counts of an evaluation record (stego.counts.ImageCounts by probe): <stem>_counts.json
     beside it, a sidecar so that the record itself stays small."""
     record = Path(record)
-    return record.parent / f"{record.stem}_counts.json"
+    return record.parent / f"{record.stem}{COUNTS_SUFFIX}"
+
+
+COUNTS_SUFFIX = "_counts.json"
+"""What ends the name of a counts sidecar: readers of records skip them without parsing (they are long)."""

@@ -16,6 +16,7 @@ from stego import build, slurm_queue, sweep
 from stego.data.synthetic import SceneSpec, make_scenes
 from stego.errors import MissingFileError, StegoError
 from stego.slurm_queue import QueueError, parse_time_limit, slurm_states
+from stego.runs import COUNTS_SUFFIX
 from stego.sweep import (DONE, FAILED, MISSING, RUNNING, UNKNOWN, Job, Resources, grid_jobs, load_jobs, parse_grid,
                          parse_seeds, save_jobs, submit, sweep_status)
 from stego.checkpoint import load_checkpoint
@@ -380,7 +381,7 @@ def test_table_rows_become_jobs_that_write_benchmark_records(tmp_path, monkeypat
     assert [(r["row"], r["scale"], r["seed"]) for r in records] == [
         ("ViT-S +CRF", "toy", 0), ("ViT-B +CRF", "toy", 0), ("ViT-S +SC", "toy", 0), ("ViT-B clamp+crop+SC", "toy", 0)]
     evaluations = sorted(p.name for p in (results / "runs").glob("*/eval-*.json")
-                         if not p.name.endswith("_counts.json"))  # the per-image counts sidecar aside
+                         if not p.name.endswith(COUNTS_SUFFIX))  # the per-image counts sidecar aside
     assert len(evaluations) == 1 and evaluations[0].endswith("-crf.json")  # one evaluation served both rows
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(StegoError, match="--gpus 1"):
