@@ -111,9 +111,16 @@ def dense_crf(image_bgr, probs, iterations=ITERATIONS):
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
+def as_labels(marginals: np.ndarray) -> np.ndarray:
+    """The label of each pixel of CRF marginals [K,H,W] (the first of equal maxima, as torch's argmax), in the
+    smallest integer type that holds K labels: what a worker sends back instead of K floats a pixel."""
+    return marginals.argmax(axis=0).astype(np.uint8 if marginals.shape[0] <= 256 else np.int32)
+
+
 def _worker_main(conn, worker_fn):
-    """Worker process loop: report ready, then answer (index, image, probs, iterations) until told to stop, each
-    reply with the seconds the item took (the pool's occupancy, `CrfPool.busy_s`).
+    """Worker process loop: report ready, then answer (index, image, probs, iterations, labels) until told to
+    stop, with the marginals or (labels) their argmax, each reply with the seconds the item took (the pool's
+    occupancy, `CrfPool.busy_s`).
 
     Ctrl-C is ignored here: the parent handles it and terminates the workers, without a traceback per child.
     """
@@ -126,10 +133,11 @@ def _worker_main(conn, worker_fn):
             return
         if msg is None:
             return
-        index, image, probs, iterations = msg
+        index, image, probs, iterations, labels = msg
         start = time.perf_counter()
         try:
-            reply = ("ok", index, worker_fn(image, probs, iterations))
+            out = worker_fn(image, probs, iterations)
+            reply = ("ok", index, as_labels(out) if labels else out)
         except Exception as exc:  # the parent recomputes the item serially, which raises it with a traceback
             reply = ("error", index, f"{type(exc).__name__}: {exc}")
         conn.send((*reply, time.perf_counter() - start))
@@ -156,6 +164,8 @@ class _Batch:
     left: int
     """Items neither answered nor failed yet."""
     failed: list
+    labels: bool = False
+    """Answer each item with its labels (as_labels) instead of its marginals."""
 
 
 class CrfPool:
@@ -195,19 +205,20 @@ class CrfPool:
     def __exit__(self, *exc_info):
         self.close()
 
-    def map(self, images, probs):
-        """Refined probs for each (image, probs) pair, in input order."""
-        return self.result(self.submit(images, probs))
+    def map(self, images, probs, labels: bool = False):
+        """Refined probs (or with `labels`, their argmax) for each (image, probs) pair, in input order."""
+        return self.result(self.submit(images, probs, labels))
 
-    def submit(self, images, probs):
-        """Start refining each (image, probs) pair in the workers and return a handle for `result` at once."""
+    def submit(self, images, probs, labels: bool = False):
+        """Start refining each (image, probs) pair in the workers and return a handle for `result` at once; with
+        `labels` the workers send back each pixel's label only (as_labels: ~1/100 of the marginals' bytes)."""
         if self._closed:
             raise StegoError("CrfPool used after close(); create a new CrfPool")
         if len(images) != len(probs):
             raise StegoError(f"crf: {len(images)} images but {len(probs)} probability maps; pass one per image")
         for image, prob in zip(images, probs):
             _check_inputs(image, prob)
-        batch = _Batch(list(images), list(probs), [None] * len(images), len(images), [])
+        batch = _Batch(list(images), list(probs), [None] * len(images), len(images), [], labels)
         self._pending.extend((batch, index) for index in range(len(images)))
         try:
             if batch.left and not self._broken:
@@ -219,7 +230,7 @@ class CrfPool:
         return batch
 
     def result(self, batch):
-        """The refined probs of a `submit`ted batch, in its input order, once all are done."""
+        """The refined probs (or labels) of a `submit`ted batch, in its input order, once all are done."""
         if self._closed:
             raise StegoError("CrfPool used after close(); create a new CrfPool")
         try:
@@ -236,7 +247,8 @@ class CrfPool:
             self._terminate_all()
             raise
         for index in batch.failed:
-            batch.results[index] = dense_crf(batch.images[index], batch.probs[index], self.iterations)
+            out = dense_crf(batch.images[index], batch.probs[index], self.iterations)
+            batch.results[index] = as_labels(out) if batch.labels else out
         return batch.results
 
     def close(self):
@@ -287,7 +299,7 @@ class CrfPool:
         worker.state, worker.item = "busy", item
         worker.deadline = time.monotonic() + self.timeout
         try:
-            worker.conn.send((index, batch.images[index], batch.probs[index], self.iterations))
+            worker.conn.send((index, batch.images[index], batch.probs[index], self.iterations, batch.labels))
         except OSError:
             self._fail(worker, "died before taking its item")
 
@@ -366,11 +378,13 @@ class CrfPool:
         return False
 
 
-def crf_batch(images, probs, workers=0, timeout=120.0, iterations=ITERATIONS, _worker_fn=None):
-    """`dense_crf` on each (image, probs) pair: serially for workers=0, else in a temporary `CrfPool`."""
+def crf_batch(images, probs, workers=0, timeout=120.0, iterations=ITERATIONS, _worker_fn=None, labels=False):
+    """`dense_crf` on each (image, probs) pair (with `labels`: its as_labels), serially for workers=0, else in a
+    temporary `CrfPool`."""
     if workers <= 0:
         if len(images) != len(probs):
             raise StegoError(f"crf: {len(images)} images but {len(probs)} probability maps; pass one per image")
-        return [dense_crf(image, prob, iterations) for image, prob in zip(images, probs)]
+        out = [dense_crf(image, prob, iterations) for image, prob in zip(images, probs)]
+        return [as_labels(q) for q in out] if labels else out
     with CrfPool(min(workers, max(len(images), 1)), timeout, iterations, _worker_fn) as pool:
-        return pool.map(images, probs)
+        return pool.map(images, probs, labels)

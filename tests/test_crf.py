@@ -15,7 +15,7 @@ import pydensecrf.densecrf as dcrf
 import pytest
 
 from stego.constants import IMAGENET_MEAN, IMAGENET_STD
-from stego.crf import CrfPool, crf_batch, dense_crf, image_to_bgr_uint8, resize_bilinear
+from stego.crf import CrfPool, as_labels, crf_batch, dense_crf, image_to_bgr_uint8, resize_bilinear
 from stego.errors import StegoError
 
 MARK = 255
@@ -196,6 +196,23 @@ def test_failing_worker_falls_back_to_serial(worker_fn, timeout, caplog):
     for a, b in zip(pooled, serial):
         np.testing.assert_array_equal(a, b)
     assert len([r for r in caplog.records if r.name == "stego.crf"]) == 1
+    _assert_no_children()
+
+
+def test_labels_from_the_workers_are_the_argmax_of_the_marginals():
+    import torch
+
+    images, probs = _batch(13, 5, marked={3})
+    marginals = crf_batch(images, probs, workers=0)
+    expected = [torch.from_numpy(q).argmax(0).numpy() for q in marginals]  # what evaluation took before
+    tied = np.full((3, 4, 5), 0.25, np.float32)  # equal maxima everywhere: the first label wins, as in torch
+    assert (as_labels(tied) == torch.from_numpy(tied).argmax(0).numpy()).all()
+    for labels in (crf_batch(images, probs, workers=0, labels=True),
+                   crf_batch(images, probs, workers=2, timeout=30.0, _worker_fn=_crash_worker, labels=True)):
+        assert [a.dtype for a in labels] == [np.uint8] * 5  # one byte a pixel instead of K floats
+        for a, b in zip(labels, expected):
+            np.testing.assert_array_equal(a, b)  # item 3 crashed its worker: the serial fallback's labels
+    assert as_labels(np.zeros((300, 2, 2), np.float32)).dtype == np.int32
     _assert_no_children()
 
 
