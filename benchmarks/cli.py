@@ -49,7 +49,7 @@ def _run(args) -> int:
         for r in selected:
             record = runner.run_row(r, args.scale, seed, args.results_dir, data_root=args.data_root,
                                     release_dir=args.release_dir, select_on_val=args.select_on_val,
-                                    trusted=args.trust_checkpoints, overrides=args.set if args.scale == "paper" else ())
+                                    trusted=args.trust_checkpoints, overrides=args.set)
             values = record.measured_values or {}
             misses = runner.failures(record.comparison)
             failed += bool(misses)
@@ -85,7 +85,9 @@ def _rows_args(p, default_results: str) -> None:
     p.add_argument("--select-on-val", action="store_true", help="keep the best-validation checkpoint")
     p.add_argument("--trust-checkpoints", action="store_true", help="see `stego eval --help`")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="machine setting for paper-scale runs, e.g. eval.crf_workers=12 (repeatable)")
+                   help="a config override for every row at either scale (repeatable): a machine setting such as "
+                        "eval.crf_workers=12, or data.features=cached to train and evaluate from stored backbone "
+                        "features (use its own --results-dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:

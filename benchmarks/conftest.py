@@ -30,7 +30,8 @@ def pytest_addoption(parser):
     group.addoption("--select-on-val", action="store_true",
                     help="keep the checkpoint with the best validation cluster mIoU (the authors' practice)")
     group.addoption("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="with --run-gpu: a config override for every row, e.g. eval.crf_workers=12 (repeatable)")
+                    help="a config override for every row, e.g. eval.crf_workers=12, or data.features=cached to run "
+                         "the rows from stored backbone features (repeatable; give --results-dir its own folder)")
     group.addoption("--trust-checkpoints", action="store_true",
                     help="accept pickled objects other than tensors and configs in released checkpoints")
 
@@ -63,13 +64,19 @@ def data_root(pytestconfig, scale, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def bench(pytestconfig, scale, results_dir, data_root):
+def run_overrides(pytestconfig):
+    """--override: the config overrides every row of this session runs with (its records say so)."""
+    return list(pytestconfig.getoption("--override"))
+
+
+@pytest.fixture(scope="session")
+def bench(pytestconfig, scale, results_dir, data_root, run_overrides):
     """bench(row, seed): run the row (or reuse its record) and check it: the pipeline at toy scale, the paper's
     numbers at paper scale."""
     options = {"data_root": data_root, "release_dir": pytestconfig.getoption("--release-dir"),
                "select_on_val": pytestconfig.getoption("--select-on-val"),
                "trusted": pytestconfig.getoption("--trust-checkpoints"),
-               "overrides": pytestconfig.getoption("--override") if scale == "paper" else ()}
+               "overrides": run_overrides}
 
     def run(row, seed):
         try:
@@ -79,7 +86,7 @@ def bench(pytestconfig, scale, results_dir, data_root):
                 raise
             pytest.skip(f"{row.table}/{row.name}: {err}")
         if scale == "toy":
-            check_pipeline(row, seed, record, results_dir)
+            check_pipeline(row, seed, record, results_dir, run_overrides)
         else:
             check_paper(row, record)
         return record
@@ -87,7 +94,7 @@ def bench(pytestconfig, scale, results_dir, data_root):
     return run
 
 
-def check_pipeline(row, seed, record, results_dir):
+def check_pipeline(row, seed, record, results_dir, options_overrides=()):
     """A toy record is complete and consistent: what was run is the row's switches, numbers are in range."""
     path = runner.record_path(results_dir, row, seed)
     assert path.is_file(), path
@@ -120,7 +127,9 @@ def check_pipeline(row, seed, record, results_dir):
     assert record.measured == {"cluster": cluster, "linear": linear}
     assert values["cluster_miou"] == pytest.approx(100 * record.metrics[cluster]["miou"])
     assert values["linear_acc"] == pytest.approx(100 * record.metrics[linear]["accuracy"])
-    assert runner.run_row(row, "toy", seed, results_dir) == records.read(path), "a done row is reused"
+    assert record.run_overrides == list(options_overrides)
+    assert runner.run_row(row, "toy", seed, results_dir, overrides=options_overrides) == records.read(path), \
+        "a done row is reused"
 
 
 def check_paper(row, record):

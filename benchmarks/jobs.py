@@ -38,8 +38,8 @@ def row_jobs(tables, seeds, scale: str = "paper", results_dir="results", data_ro
     """Sweep jobs for the non-cited rows of `tables` (or the rows named in `only`) × `seeds`.
 
     Writes the cited rows' records now. check: fail now, with the fix, when a dataset, weight file or released
-    checkpoint is missing (instead of in every job). overrides: machine settings for runner.run_row (paper
-    scale), e.g. eval.crf_workers=12. Paths in the jobs are absolute.
+    checkpoint is missing (instead of in every job). overrides: config overrides for runner.run_row (machine
+    settings such as eval.crf_workers=12, or data.features=cached). Paths in the jobs are absolute.
     """
     results_dir = Path(results_dir).resolve()
     if scale == "toy" and data_root is None:
@@ -68,7 +68,7 @@ def row_jobs(tables, seeds, scale: str = "paper", results_dir="results", data_ro
             jobs.append(Job(f"{names}/seed{seed}", [str(runner.record_path(results_dir, r, seed)) for r in group],
                             entry=ENTRY, args={"rows": [[r.table, r.slug] for r in group], "seed": seed, **options}))
     for r, seed in cited:
-        runner.run_row(r, scale, seed, results_dir)
+        runner.run_row(r, scale, seed, results_dir, overrides=overrides)
     return jobs
 
 

@@ -50,14 +50,16 @@ def row_config(row: BenchmarkRow, scale: str, seed: int, data_root=None, select_
                overrides=()) -> Config:
     """The config a row runs with at `scale` ('paper': the row's preset; 'toy': its synthetic-world twin).
 
-    overrides (section.key=value, paper scale only) adapt a run to the machine, e.g. eval.crf_workers=12.
+    overrides (section.key=value, applied last at either scale) adapt a run to the machine, e.g.
+    eval.crf_workers=12, or switch how it runs, e.g. data.features=cached (train and evaluate from stored features).
     """
     if scale not in SCALES:
         raise StegoError(f"scale must be one of {SCALES}, got {scale!r}")
     cfg = row.config()
     cfg.train.seed = seed
     if scale == "toy":
-        return toy.toy_config(cfg, data_root, select_on_val)
+        cfg = toy.toy_config(cfg, data_root, select_on_val)
+        return with_overrides(cfg, list(overrides)) if overrides else cfg
     if data_root is not None:
         cfg.data.root = str(data_root)
     if select_on_val:
@@ -212,13 +214,18 @@ def _row_fields(row: BenchmarkRow) -> dict:
             "backbone": row.backbone, "release_checkpoint": row.checkpoint}
 
 
-def _existing(path: Path, scale: str) -> records.BenchmarkRecord | None:
+def _existing(path: Path, scale: str, overrides) -> records.BenchmarkRecord | None:
+    """The record already at `path`, if it was run at `scale` with `overrides`; one run otherwise is an error (a
+    results folder holds one way of running each row)."""
     if not path.exists():
         return None
     record = records.read(path, "benchmark")
     if record.scale != scale:
         raise StegoError(f"{path} holds a {record.scale}-scale record, not {scale}: use another results "
                          f"folder (--results-dir / $STEGO_RESULTS) for {scale}-scale runs")
+    if list(record.run_overrides) != list(overrides):
+        raise StegoError(f"{path} was run with overrides {list(record.run_overrides)}, not {list(overrides)}: use "
+                         f"another results folder (--results-dir / $STEGO_RESULTS) for runs with other overrides")
     return record
 
 
@@ -230,11 +237,11 @@ def run_row(row: BenchmarkRow, scale: str, seed: int, results_dir, data_root=Non
     world's folder (default: made under results_dir/toy-data). release_dir: folder of the released checkpoints
     (default $STEGO_RELEASE_DIR or ./saved_models). select_on_val: keep the checkpoint with the best validation
     cluster mIoU, as the authors did, instead of the last. trusted: passed to the released-checkpoint loader.
-    overrides: section.key=value applied to the row's config at paper scale (machine settings such as
-    eval.crf_workers; an override that changes training makes its own training folder).
+    overrides: section.key=value applied to the row's config at either scale (machine settings such as
+    eval.crf_workers, or data.features=cached; an override that changes training makes its own training folder).
     """
     path = record_path(results_dir, row, seed)
-    existing = _existing(path, scale)
+    existing = _existing(path, scale, overrides)
     if existing is not None:
         log.info("%s / %s seed %d: record exists, reused (%s)", row.table, row.name, seed, path)
         return existing

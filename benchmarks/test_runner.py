@@ -152,6 +152,8 @@ def test_a_record_of_another_scale_is_an_error(tmp_path):
     runner.run_row(r, "paper", 0, tmp_path)
     with pytest.raises(StegoError, match="paper-scale record"):
         runner.run_row(r, "toy", 0, tmp_path)
+    with pytest.raises(StegoError, match=r"run with overrides \[\], not \['data.features=cached'\]"):
+        runner.run_row(r, "paper", 0, tmp_path, overrides=["data.features=cached"])
 
 
 def test_table6_record_is_written(tmp_path):
@@ -179,13 +181,13 @@ def test_a_paper_scale_row_runs_end_to_end_on_a_tiny_dataset_in_the_real_layout(
     assert (tmp_path / "res" / "table9" / "tiny-cocostuff" / "seed0" / "record.json").is_file()
 
 
-def test_selection_on_validation_trains_apart_and_says_so(tmp_path, data_root, results_dir, scale):
+def test_selection_on_validation_trains_apart_and_says_so(tmp_path, data_root, results_dir, scale, run_overrides):
     if scale != "toy":
         pytest.skip("a toy-scale harness test")
     root = data_root
     r = row("table3", "STEGO")
-    last = runner.run_row(r, "toy", 0, results_dir, data_root=root)  # the session's run of the row, or its record
-    best = runner.run_row(r, "toy", 0, tmp_path / "b", data_root=root, select_on_val=True)
+    last = runner.run_row(r, "toy", 0, results_dir, data_root=root, overrides=run_overrides)  # the session's record
+    best = runner.run_row(r, "toy", 0, tmp_path / "b", data_root=root, select_on_val=True, overrides=run_overrides)
     assert last.checkpoint_selection == "last" and best.checkpoint.endswith("best.pt")
     assert best.checkpoint_selection == "best validation cluster mIoU"
     assert best.config["train"]["select_on_val"] and best.config["train"]["val_every"] == toy.VAL_EVERY
@@ -193,7 +195,8 @@ def test_selection_on_validation_trains_apart_and_says_so(tmp_path, data_root, r
         runner.train_dir_for(tmp_path, runner.row_config(r, "toy", 0, root, select_on_val=True))
 
 
-def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys, results_dir, data_root, scale):
+def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys, results_dir, data_root, scale,
+                                                         run_overrides):
     from benchmarks.cli import main
     from stego.sweep import load_jobs
 
@@ -203,15 +206,17 @@ def test_the_harness_command_lists_runs_and_exports_rows(tmp_path, capsys, resul
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 + len(rows("table5")) and "no random loss" in listed[-1] and "39.8 (±5)" in listed[-1]
     results = results_dir  # the session's: the row's record is reused once any test ran it
-    runner.run_row(row("table3", "STEGO"), "toy", 0, results, data_root=data_root)
-    assert main(["run", "--table", "table3", "--row", "STEGO", "--scale", "toy", "--results-dir", str(results)]) == 0
+    runner.run_row(row("table3", "STEGO"), "toy", 0, results, data_root=data_root, overrides=run_overrides)
+    sets = [arg for o in run_overrides for arg in ("--set", o)]
+    assert main(["run", "--table", "table3", "--row", "STEGO", "--scale", "toy", "--results-dir", str(results),
+                 *sets]) == 0
     printed = capsys.readouterr().out
     assert "table3 / STEGO seed 0: cluster_acc" in printed and "(paper 73.2)" in printed
     saved = records.read(runner.record_path(results, row("table3", "STEGO"), 0), "benchmark")
     assert saved.scale == "toy" and saved.metrics["images"] > 0
     jobs_file = tmp_path / "jobs.yaml"
     assert main(["sweep", "--table", "table2", "--scale", "toy", "--results-dir", str(results),
-                 "--out", str(jobs_file)]) == 0
+                 "--out", str(jobs_file), *sets]) == 0
     jobs = load_jobs(jobs_file)
     assert jobs and all(job.entry == "benchmarks.jobs:run_rows" for job in jobs)
     assert main(["run", "--table", "table3", "--row", "nope", "--scale", "toy"]) == 2

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from .constants import IGNORE
 from .data.transforms import unnormalize
 from .errors import StegoError
-from .inference import crf_refine, predict_log_probs
+from .inference import batch_code, crf_refine, probe_log_probs
 from .io import atomic_save_json, atomic_write, save_png
 from .runs import RunDir, analysis_dir
 from .runtime import autocast, worker_count
@@ -234,8 +234,9 @@ def _write_examples(model, backbone, dataset, metrics, out: Path, crf: bool, bat
     examples = []
     loader = DataLoader(Subset(dataset, range(min(EXAMPLES, len(dataset)))), batch_size=batch_size)
     for batch in loader:
-        images, labels = batch["img"].to(device), batch["label"]
-        cluster_lp, linear_lp = predict_log_probs(model, backbone, images, labels.shape[-2:], precision)
+        images, labels = batch["img"], batch["label"]
+        cluster_lp, linear_lp = probe_log_probs(model, batch_code(model, backbone, batch, labels.shape[-2:], precision,
+                                                                  device))
         maps = {"truth": labels, "cluster": lut("cluster")[cluster_lp.argmax(1).cpu()],
                 "linear": linear_lp.argmax(1).cpu()}
         if crf:
@@ -259,8 +260,11 @@ def _pr_analysis(model, backbone, dataset, batch_size: int, precision: str) -> d
     device = next(model.parameters()).device
     feats, codes, labels = [], [], []
     for batch in DataLoader(Subset(dataset, range(min(PR_IMAGES, len(dataset)))), batch_size=batch_size):
-        with autocast(device, precision):
-            f = backbone(batch["img"].to(device)).float()
+        if backbone is None:  # stored views (CachedViews): the image's own, not its flip's
+            f = batch["feats"][:, 0].to(device)
+        else:
+            with autocast(device, precision):
+                f = backbone(batch["img"].to(device)).float()
         feats.append(f.cpu())
         codes.append(model.head(f)[1].float().cpu())
         labels.append(batch["label"])
@@ -300,7 +304,8 @@ def _knn_analyses(cfg, n_classes: int) -> dict:
 
 def analyze_run(model, backbone, dataset, cfg, metrics: dict, record_path, checkpoint=None, crf: bool = False) -> dict:
     """Compute the diagnostics of an evaluated model and write them beside `record_path`; returns the record's
-    "analysis" section (paths relative to the record's folder, and the two average precisions)."""
+    "analysis" section (paths relative to the record's folder, and the two average precisions). backbone None:
+    `dataset` holds stored views with their images (stego.data.features.CachedViews)."""
     out = analysis_dir(record_path)
     model.eval()
     analysis = {"format": ANALYSIS_FORMAT, "n_classes": model.n_classes,

@@ -6,7 +6,7 @@ from .backbones import build_backbone
 from .config import Config
 from .data.commands import fivecrop_command, synthetic_command
 from .data.datasets import build_dataset, cropped_dir, image_folder_dir
-from .data.features import INDEX, CachedItems, FeatureSpec, build_store
+from .data.features import INDEX, CachedItems, CachedViews, FeatureSpec, build_store
 from .data.fivecrop import check_crops_current
 from .data.knn import KnnTable, TableSpec, mine_knn
 from .data.memory import InMemory
@@ -122,6 +122,25 @@ def cached_items(cfg: Config, backbone, dataset, device, labels: bool = True, sp
     store = build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, labels=labels,
                         device=device, workers=worker_count(cfg.data.workers))
     return CachedItems(store, labels)
+
+
+def val_feature_spec(cfg: Config, split: str = "val") -> FeatureSpec:
+    """The flip store evaluation reads for `split` (data.features=cached): whole images at eval.res, each with its
+    horizontal flip, in data.features_dtype and train.precision."""
+    table = TableSpec(cfg.data.root, cfg.model.backbone, cfg.model.weights, reader_name(cfg), split, "none",
+                      cfg.eval.res, cfg.data.crop_ratio, cfg.train.seed)
+    return FeatureSpec(table, cfg.data.features_dtype, cfg.train.precision, flip=True)
+
+
+def cached_views(cfg: Config, backbone, dataset, device, split: str = "val") -> CachedViews:
+    """`dataset` (the split scored) as its stored views for evaluation (without images: `.with_images()` adds
+    them); the flip store is built now, once, in eval.batch_size forwards, if it does not exist yet."""
+    spec = val_feature_spec(cfg, split)
+    if not (spec.folder / INDEX).exists():
+        log.info("no feature store at %s yet: building it now (once)", spec.folder)
+    store = build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, batch_size=cfg.eval.batch_size,
+                        device=device, workers=worker_count(cfg.data.workers))
+    return CachedViews(store, dataset)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

@@ -18,7 +18,7 @@ from .analysis import analyze_run
 from .checkpoint import load_for_eval
 from .config import Config
 from .errors import StegoError
-from .inference import crf_pool, crf_submit, probe_log_probs, upsampled_code
+from .inference import batch_code, crf_pool, crf_submit, probe_log_probs
 from .io import writable_file
 from .metrics import ConfusionMatrix, cluster_scores, linear_scores
 from .refits import Refits, refit_probes
@@ -34,11 +34,13 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
                 max_images: int | None = None, desc: str = "eval", should_stop=None, refits: Refits | None = None):
     """(metrics section, per-image counts by probe, summed confusions of the refits) over `dataset`, or None when
     `should_stop()` (asked before each batch) turns true first: a stop signal must not wait for a long pass.
+    backbone None: `dataset` holds stored views (stego.data.features.CachedViews, with images when `crf`).
 
     Every probe (and after DenseCRF when `crf`) is counted per image (stego.counts.ImageCounts); the refitted
     cluster probes (stego.refits, without CRF) only in sum: {"restarts": [confusion], "overclustering": {K: ...}}.
-    Both CRF maps of a batch go to the pool at once and are collected after the next batch's network pass, so the
-    pool works while the network runs; timings' "crf" is the time spent handing maps over and waiting for them.
+    Both CRF maps of a batch go to the pool at once and are collected, as labels computed in the workers, after
+    the next batch's network pass, so the pool works while the network runs; timings' "crf" is the time spent
+    handing maps over and waiting for them.
     """
     device = device or next(model.parameters()).device
     crf = cfg.eval.crf if crf is None else crf
@@ -62,7 +64,7 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
         """Add a batch's per-image counts, after waiting for its CRF maps (collect: None without CRF)."""
         if collect is not None:
             start = time.perf_counter()
-            predictions["cluster_crf"], predictions["linear_crf"] = (m.argmax(1) for m in collect())
+            predictions["cluster_crf"], predictions["linear_crf"] = collect()
             timings["crf"] += time.perf_counter() - start
         truth = labels.numpy()
         for probe, pred in predictions.items():
@@ -75,10 +77,9 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
             if should_stop is not None and should_stop():
                 log.warning("%s interrupted on request after %d of %d batches", desc, done, len(loader))
                 return None
-            images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"]
             start = time.perf_counter()
-            code = upsampled_code(model, backbone, images, labels.shape[-2:], cfg.train.precision)
+            code = batch_code(model, backbone, batch, labels.shape[-2:], cfg.train.precision, device)
             cluster_lp, linear_lp = probe_log_probs(model, code)
             predictions = {"cluster": cluster_lp.argmax(1), "linear": linear_lp.argmax(1)}
             refitted = [*zip(restarts, refits.restarts), *zip(over.values(), refits.overclustering.values())]
@@ -87,7 +88,7 @@ def score_split(model, backbone, dataset, cfg: Config, device=None, crf: bool | 
                     matrix.update(probe.cosine(code).argmax(1), labels)
             timings["network"] += time.perf_counter() - start
             start = time.perf_counter()
-            collect = crf_submit(images, [cluster_lp, linear_lp], pool) if crf else None
+            collect = crf_submit(batch["img"], [cluster_lp, linear_lp], pool, labels=True) if crf else None
             timings["crf"] += time.perf_counter() - start
             if in_flight is not None:
                 count(*in_flight)
@@ -123,9 +124,13 @@ def validator(cfg: Config):
     if not cfg.train.val_every:
         return None
     val = build.val_dataset(cfg)
+    views = []  # data.features=cached: the split's stored views, built on the first validation
 
     def validate(model, backbone, should_stop=None):
-        metrics = evaluate(model, backbone, val, cfg, crf=False, desc="val", should_stop=should_stop)
+        if cfg.data.features == "cached" and not views:
+            views.append(build.cached_views(cfg, backbone, val, next(model.parameters()).device))
+        items, net = (views[0], None) if views else (val, backbone)
+        metrics = evaluate(model, net, items, cfg, crf=False, desc="val", should_stop=should_stop)
         return None if metrics is None else metrics["cluster"]["miou"]
 
     return validate
@@ -145,7 +150,8 @@ def check_scorable(dataset, n_classes: int, cfg: Config, split: str, checkpoint)
 def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, split: str = "val",
              crf: bool | None = None, overrides=()) -> records.EvalRecord:
     """Evaluate a checkpoint on the config's validation split and write the run record to `out_path`, then the
-    correspondence diagnostics beside it (stego.analysis; the record's "analysis" section names their files)."""
+    correspondence diagnostics beside it (stego.analysis; the record's "analysis" section names their files).
+    With data.features=cached every pass reads stored features (built on first use), never the backbone."""
     started = time.perf_counter()
     out_path = writable_file(out_path, "--record")
     cfg, model, backbone = load_for_eval(checkpoint, cfg, trusted, overrides)
@@ -156,7 +162,11 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
     set_tf32(device, cfg.train.precision)
     model, backbone = model.to(device), backbone.to(device)
     refits = refit_probes(model, backbone, cfg, device)
-    metrics, counts, refit_confusions = score_split(model, backbone, dataset, cfg, device, crf=crf, refits=refits)
+    crf = cfg.eval.crf if crf is None else crf
+    views = build.cached_views(cfg, backbone, dataset, device, split) if cfg.data.features == "cached" else None
+    scored = dataset if views is None else (views.with_images() if crf else views)
+    metrics, counts, refit_confusions = score_split(model, backbone if views is None else None, scored, cfg, device,
+                                                    crf=crf, refits=refits)
     counts_path = counts_file(out_path)
     records.write(records.ImageCountsRecord(split=split, images=metrics["images"], probes=counts_json(counts)),
                   counts_path)
@@ -168,8 +178,9 @@ def run_eval(cfg: Config | None, checkpoint, out_path, trusted: bool = False, sp
         cluster_spread=cluster_spread(refit_confusions["restarts"], refits.seeds, refits.skipped),
         **records.provenance())
     records.write(record, out_path)
-    record.analysis = analyze_run(model, backbone, dataset, cfg, metrics, out_path, checkpoint,
-                                  crf="cluster_crf" in metrics)
+    record.analysis = analyze_run(model, backbone if views is None else None,
+                                  dataset if views is None else views.with_images(), cfg, metrics, out_path,
+                                  checkpoint, crf="cluster_crf" in metrics)
     records.write(record, out_path)
     crf_part = metrics.get("cluster_crf")
     with_crf = f" | with CRF: cluster mIoU {100 * crf_part['miou']:.1f}" if crf_part else ""

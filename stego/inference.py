@@ -15,14 +15,27 @@ from .runtime import autocast, worker_count
 
 
 @torch.no_grad()
-def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Tensor:
-    """Code averaged over the image and its horizontal flip, at feature resolution (the release's TTA); the
-    backbone runs in `precision` (train.precision)."""
+def flip_features(backbone, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Backbone features of the images and of their horizontal flips, [2B, C, h, w] in one forward (backbone in
+    `precision`, train.precision): what the TTA code averages, and what a flip feature store keeps per image."""
     with autocast(images.device, precision):
-        feats = backbone(torch.cat([images, images.flip(dims=[3])])).float()
-    code = model.head(feats)[1]
-    b = images.shape[0]
+        return backbone(torch.cat([images, images.flip(dims=[3])])).float()
+
+
+@torch.no_grad()
+def views_code(model, views: torch.Tensor) -> torch.Tensor:
+    """The code averaged over an image and its flip (the release's TTA), at feature resolution, from their
+    features [2B, C, h, w] (flip_features' order)."""
+    code = model.head(views.float())[1]
+    b = views.shape[0] // 2
     return (code[:b] + code[b:].flip(dims=[3])) / 2
+
+
+@torch.no_grad()
+def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """Code averaged over the image and its horizontal flip, at feature resolution; the backbone runs in
+    `precision` (train.precision)."""
+    return views_code(model, flip_features(backbone, images, precision))
 
 
 @torch.no_grad()
@@ -31,6 +44,17 @@ def upsampled_code(model, backbone, images: torch.Tensor, size, precision: str) 
     is scored on."""
     return F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
                          align_corners=False)
+
+
+@torch.no_grad()
+def batch_code(model, backbone, batch: dict, size, precision: str, device) -> torch.Tensor:
+    """`upsampled_code` of a loader batch: from its images (`img`) through the backbone, or, with backbone None,
+    from the views a flip feature store kept (`feats` [B, 2, C, h, w], stego.data.features.CachedViews)."""
+    if backbone is None:
+        feats = batch["feats"].to(device, non_blocking=True)
+        code = views_code(model, torch.cat([feats[:, 0], feats[:, 1]]))
+        return F.interpolate(code, size=size, mode="bilinear", align_corners=False)
+    return upsampled_code(model, backbone, batch["img"].to(device, non_blocking=True), size, precision)
 
 
 @torch.no_grad()
@@ -50,18 +74,19 @@ def crf_refine(images: torch.Tensor, log_probs: torch.Tensor, pool=None) -> torc
     return crf_submit(images, [log_probs], pool)()[0]
 
 
-def crf_submit(images: torch.Tensor, maps: list, pool=None):
+def crf_submit(images: torch.Tensor, maps: list, pool=None, labels: bool = False):
     """Hand DenseCRF every map of `maps` (log-probs [B,K,H,W] of the same images) at once, to a CrfPool or (None)
-    serially; returns collect() → the marginals, one tensor per map. The pool works while the caller goes on."""
+    serially; returns collect() → the marginals, one tensor per map, or with `labels` their argmax (int64
+    [B,H,W], computed in the workers). The pool works while the caller goes on."""
     from .crf import crf_batch, image_to_bgr_uint8
 
     bgr = [image_to_bgr_uint8(img.numpy()) for img in images.cpu()] * len(maps)
     probs = [p.numpy() for log_probs in maps for p in log_probs.float().softmax(dim=1).cpu()]
-    batch = pool.submit(bgr, probs) if pool is not None else None
+    batch = pool.submit(bgr, probs, labels) if pool is not None else None
 
     def collect() -> list:
-        refined = np.stack(pool.result(batch) if pool is not None else crf_batch(bgr, probs))
-        return [torch.from_numpy(part) for part in np.split(refined, len(maps))]
+        refined = np.stack(pool.result(batch) if pool is not None else crf_batch(bgr, probs, labels=labels))
+        return [torch.from_numpy(part.astype(np.int64) if labels else part) for part in np.split(refined, len(maps))]
 
     return collect
 

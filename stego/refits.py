@@ -46,13 +46,14 @@ def overclustering_ks(n_classes: int) -> list[int]:
 @torch.no_grad()
 def training_codes(model, backbone, cfg: Config, dataset, device) -> torch.Tensor:
     """Code vectors [≤ REFIT_ROWS, dim] of the trained head on the training images `dataset`, at feature resolution
-    as the training probe saw them (no flip TTA, no dropout)."""
+    as the training probe saw them (no flip TTA, no dropout); backbone None: `dataset`'s items hold their stored
+    features (stego.data.features.CachedItems)."""
     generator = torch.Generator().manual_seed(refit_seed(cfg, _SAMPLE, 0))
     picked = torch.randperm(len(dataset), generator=generator)[:REFIT_IMAGES].sort().values.tolist()
     model.eval()
 
     def encode(images):  # the backbone in train.precision (sample_features' autocast), the head in fp32 as in eval
-        feats = backbone(images).float()
+        feats = (images if backbone is None else backbone(images)).float()
         with torch.autocast(images.device.type, enabled=False):
             return model.head(feats)[1]
 
@@ -112,8 +113,9 @@ class Refits:
 
 
 def refit_probes(model, backbone, cfg: Config, device) -> Refits:
-    """The refits eval.cluster_restarts and eval.overclustering ask for (none: no pass over the training images);
-    a training split that cannot be read is recorded as the reason they were skipped (the evaluation stands)."""
+    """The refits eval.cluster_restarts and eval.overclustering ask for (none: no pass over the training images;
+    data.features=cached: over their stored features); a training split that cannot be read is recorded as the
+    reason they were skipped (the evaluation stands)."""
     n_classes = model.n_classes
     ks = overclustering_ks(n_classes) if cfg.eval.overclustering else []
     restarts = cfg.eval.cluster_restarts
@@ -125,7 +127,11 @@ def refit_probes(model, backbone, cfg: Config, device) -> Refits:
         reason = str(err).splitlines()[0]
         log.warning("cluster-probe refits skipped: %s", reason)
         return Refits(skipped=reason)
-    codes = training_codes(model, backbone, cfg, dataset, device).to(device)
+    if cfg.data.features == "cached":  # the training store (built now if the run trained from images)
+        codes = training_codes(model, None, cfg, build.cached_items(cfg, backbone, dataset, device), device)
+    else:
+        codes = training_codes(model, backbone, cfg, dataset, device)
+    codes = codes.to(device)
     grid = (cfg.data.res // backbone.patch) ** 2
     steps, batch_rows, lr = cfg.train.iterations, cfg.train.batch_size * grid, cfg.train.probe_lr
     log.info("refitting the cluster probe %d + %d times on %d code vectors (%d steps of %d)", restarts, len(ks),

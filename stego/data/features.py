@@ -1,10 +1,11 @@
 """The backbone-feature cache: the frozen backbone's patch features [C, h, w] of every item of a split, computed
 once, so training with data.features=cached reads them instead of running the backbone (docs/features.md).
 
-A store is a folder ROOT/features/<name>/ of chunks (feats_<c>.npy [n_c, C, h, w] in float16 or float32;
+A store is a folder ROOT/features/<name>/ of chunks (feats_<c>.npy [n_c, C, h, w] in float16 or float32, or
+[n_c, 2, C, h, w] for a flip store: each image's and its horizontal flip's features, what evaluation's TTA averages;
 labels_<c>.npy [n_c, H, W] uint8, label + 1 with 0 unlabelled) and index.json. Its metadata is the KNN table's
-(stego.data.knn: backbone, weights id, dataset, split, crops, res, n, source fingerprint) plus dtype, precision
-and labels. Building is resumable and atomic: a chunk file appears only whole, chunks already written are kept,
+(stego.data.knn: backbone, weights id, dataset, split, crops, res, n, source fingerprint) plus dtype, precision,
+flip and labels. Building is resumable and atomic: a chunk file appears only whole, chunks already written are kept,
 index.json comes last. A store made for anything else than what is asked is a one-line error with the command
 that rebuilds it.
 """
@@ -37,21 +38,25 @@ INDEX, BUILDING = "index.json", "building.json"
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """A split's feature store as training and `stego data features` both name it: its KNN table's identity
-    (what it is made from) plus dtype and precision, and where it lives: ROOT/features/<table name>_<dtype>[_bf16]."""
+    """A split's feature store as training, evaluation and `stego data features` name it: its KNN table's identity
+    (what it is made from) plus dtype, precision and flip (evaluation's stores hold each image's flip too), and where
+    it lives: ROOT/features/<table name>_<dtype>[_bf16][_flip]."""
 
     table: TableSpec
     dtype: str = "float16"
     precision: str = "fp32"
+    flip: bool = False
 
     @property
     def folder(self) -> Path:
-        tail = "" if self.precision == "fp32" else f"_{self.precision}"
+        tail = ("" if self.precision == "fp32" else f"_{self.precision}") + ("_flip" if self.flip else "")
         return Path(self.table.root) / "features" / f"{self.table.path.stem.removeprefix('nns_')}_{self.dtype}{tail}"
 
     def meta(self) -> dict:
-        """What a store for this spec records (the official weights are located and hashed)."""
-        return dict(self.table.meta(), dtype=self.dtype, precision=self.precision)
+        """What a store for this spec records (the official weights are located and hashed); `flip` only when set,
+        so stores of training items keep the metadata they had before flip stores existed."""
+        return dict(self.table.meta(), dtype=self.dtype, precision=self.precision, **({"flip": True} if self.flip
+                                                                                       else {}))
 
 
 def features_command(meta: dict, root, force: bool = True) -> str:
@@ -59,6 +64,7 @@ def features_command(meta: dict, root, force: bool = True) -> str:
     dtype and precision)."""
     line = knn_command(meta, root, force=False).replace("stego data knn", "stego data features", 1)
     line += f" --dtype {meta.get('dtype', 'float16')} --precision {meta.get('precision', 'fp32')}"
+    line += " --flip" if meta.get("flip") else ""
     random = str(meta.get("weights", "")).startswith("random")
     custom = "" if random else " (plus --weights PATH if model.weights is set)"
     return f"`{line}{' --force' if force else ''}`{custom}"
@@ -138,7 +144,8 @@ class FeatureStore:
         return self._maps[kind, c][row]
 
     def features(self, indices) -> torch.Tensor:
-        """The stored features of items `indices` (dataset positions), float32 [len, C, h, w]."""
+        """The stored features of items `indices` (dataset positions), float32 [len, C, h, w] ([len, 2, C, h, w]
+        in a flip store)."""
         return torch.from_numpy(np.stack([np.asarray(self._rows("feats", i), dtype=np.float32) for i in indices]))
 
     def labels(self, indices) -> torch.Tensor:
@@ -161,6 +168,32 @@ class CachedItems(Dataset):
         if not self.with_labels:
             label = torch.full_like(label, IGNORE)
         return dict(img=self.store.features([i])[0], label=label, index=int(i))
+
+
+class CachedViews(Dataset):
+    """A flip store's items for evaluation: `feats` [2, C, h, w] (the image's and its horizontal flip's features),
+    the stored `label`, and the image itself (`img`, decoded from `dataset`) only when `images`: DenseCRF and the
+    example pictures need pixels, scoring does not."""
+
+    def __init__(self, store: FeatureStore, dataset, images: bool = False):
+        if not store.meta.get("flip"):
+            raise StegoError(f"feature store {store.folder} holds no flipped views; evaluation reads a flip store "
+                             f"(`stego data features ... --flip`)")
+        self.store, self.dataset, self.images = store, dataset, images
+        self.class_names = getattr(dataset, "class_names", None)
+
+    def __len__(self):
+        return len(self.store)
+
+    def with_images(self) -> "CachedViews":
+        """The same items with their images."""
+        return CachedViews(self.store, self.dataset, images=True)
+
+    def __getitem__(self, i):
+        item = dict(feats=self.store.features([i])[0], label=self.store.labels([i])[0], index=int(i))
+        if self.images:
+            item["img"] = self.dataset[i]["img"]
+        return item
 
 
 def _chunk_name(kind: str, c: int) -> str:
@@ -214,9 +247,15 @@ def _write_chunks(backbone, dataset, folder: Path, building: dict, batch_size: i
     meta, chunk, n = building["meta"], building["chunk"], len(dataset)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
+    def featurize(images):  # [B, C, h, w], or [B, 2, C, h, w]: the images' and their flips' (one forward of 2B)
+        if not meta.get("flip"):
+            return backbone(images)
+        both = backbone(torch.cat([images, images.flip(dims=[3])]))
+        return torch.stack(both.chunk(2), dim=1)
+
     with torch.no_grad(), autocast(device, meta["precision"]):
         probe = dataset[0]
-        shapes = list(backbone(probe["img"][None].to(device)).shape[1:]), list(probe["label"].shape)
+        shapes = list(featurize(probe["img"][None].to(device)).shape[1:]), list(probe["label"].shape)
     todo = [c for c in range(math.ceil(n / chunk))
             if any(chunk_problem(folder / _chunk_name(kind, c), (min(chunk, n - c * chunk), *shape), dtype)
                    for kind, shape, dtype in (("feats", shapes[0], meta["dtype"]), ("labels", shapes[1], "uint8")))]
@@ -230,7 +269,7 @@ def _write_chunks(backbone, dataset, folder: Path, building: dict, batch_size: i
         with torch.no_grad(), autocast(device, meta["precision"]):
             for batch in loader:
                 rows = slice(done, done + len(batch["img"]))
-                feats[rows] = backbone(batch["img"].to(device, non_blocking=True)).float().cpu().numpy()
+                feats[rows] = featurize(batch["img"].to(device, non_blocking=True)).float().cpu().numpy()
                 labels[rows] = _label_bytes(batch["label"], dataset).numpy()
                 done = rows.stop
                 bar.update(len(batch["img"]))
@@ -261,6 +300,9 @@ def add_cli(data_subparsers):
     add_split_arguments(p, "the store goes to ROOT/features/", "cache")
     p.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16",
                    help="stored value type (data.features_dtype; default float16, half the size)")
+    p.add_argument("--flip", action="store_true",
+                   help="also store each image's horizontal flip (evaluation's TTA: what `stego eval` reads with "
+                        "data.features=cached; use with --split val --res <eval.res>)")
     p.add_argument("--chunk", type=int, default=512,
                    help="items per chunk file (one chunk is held in RAM while it is computed; default 512)")
     p.add_argument("--force", action="store_true", help="rebuild even if a store exists")
@@ -274,7 +316,7 @@ def run_features(args):
     from stego.data.datasets import build_dataset
 
     spec = FeatureSpec(TableSpec(str(args.root), args.backbone, args.weights, args.dataset, args.split, args.crop,
-                                 args.res, args.crop_ratio, args.seed), args.dtype, args.precision)
+                                 args.res, args.crop_ratio, args.seed), args.dtype, args.precision, args.flip)
     dataset = build_dataset(args.dataset, args.root, args.split, args.res, crop=args.crop == "five",
                             crop_ratio=args.crop_ratio)
     meta = spec.meta()
