@@ -1,6 +1,7 @@
-"""Measure the feature cache on this machine: iteration time from images and from the store, and the store's
-write time and size, for the toy world (synthetic_demo: filter bank on five-crops at 48 px) and for a random-init
-ViT-S/8 at 224 (where the backbone dominates). Prints a markdown table (docs/features.md).
+"""Measure the feature cache on this machine: iteration time from images and from the store, the store's write
+time and size, and re-scoring the trained checkpoint (`run_eval` without CRF: refits, scores, intervals, analysis)
+from images and from the stores, for the toy world (synthetic_demo: filter bank on five-crops at 48 px) and for a
+random-init ViT-S/8 at 224 (where the backbone dominates). Prints a markdown table (docs/performance.md).
 
     python -m stego.features_bench --out /tmp/feature-bench [--iterations 30] [--vit-iterations 4]
 """
@@ -15,6 +16,7 @@ from .config import load_config, with_overrides
 from .data.fivecrop import five_crop
 from .data.synthetic import SceneSpec, make_scenes
 from .demo import SCENES
+from .evaluate import run_eval
 from .runs import RunDir
 from .runtime import pick_device, set_threads
 from .train import train
@@ -41,8 +43,13 @@ def measure(name: str, cfg, out: Path, iterations: int) -> dict:
     train(cfg, out / f"{name}-images")  # mines the KNN table first (outside the timed loop)
     train(cached, out / f"{name}-cached")
     images, from_cache = _per_iteration(out / f"{name}-images"), _per_iteration(out / f"{name}-cached")
+    checkpoint, seconds = RunDir(out / f"{name}-images").checkpoint, []
+    for i, extra in enumerate(([], ["data.features=cached"], ["data.features=cached"])):  # the first cached one
+        began = time.perf_counter()                                                        # builds the val store
+        run_eval(None, checkpoint, out / f"{name}-eval{i}.json", overrides=["eval.crf=false", *extra])
+        seconds.append(time.perf_counter() - began)
     return dict(name=name, items=len(store), shape=tuple(store.index["shape"]), batch=cfg.train.batch_size,
-                images=images, cached=from_cache, write=write, size=size)
+                images=images, cached=from_cache, write=write, size=size, eval=seconds)
 
 
 def main(argv=None) -> int:
@@ -63,12 +70,15 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)\n")
     print("| world | items | features per item | batch | s/iteration, images | s/iteration, cached | ratio "
-          "| store write | store size (float16) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| store write | store size (float16) | re-score, images | re-score, cached (first: builds the val store) "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        images_s, first_s, cached_s = r["eval"]
         print(f"| {r['name']} | {r['items']} | {' × '.join(map(str, r['shape']))} | {r['batch']} | {r['images']:.3f} "
               f"| {r['cached']:.3f} | {r['images'] / r['cached']:.1f}× | {r['write']:.1f} s "
-              f"| {r['size'] / 2**20:.1f} MiB |")
+              f"| {r['size'] / 2**20:.1f} MiB | {images_s:.1f} s | {cached_s:.1f} s ({first_s:.1f} s) "
+              f"| {images_s / cached_s:.1f}× |")
     return 0
 
 
