@@ -130,3 +130,15 @@ def test_a_vit_scores_the_same_from_a_float32_flip_store(tmp_path):
     cached = run_eval(None, checkpoint, tmp_path / "cached.json", overrides=CACHED32)
     # The store runs [images; flips] in eval.batch_size batches, as the image path's TTA does: the same features
     assert _numbers(cached) == _numbers(images)
+
+
+def test_a_stale_flip_store_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    root = make_scenes(tmp_path / "scenes", SceneSpec(n_train=8, n_val=2, size=32), seed=1)
+    cfg = with_overrides(tiny(root), ["model.backbone=filterbank", "data.features=cached"])
+    backbone, val = build.backbone_for(cfg), build.val_dataset(cfg)
+    build.cached_views(cfg, backbone, val, "cpu")
+    image = sorted((root / "images" / "val").iterdir())[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # another file now: size and time change
+    with pytest.raises(StegoError, match=r"other or changed images.*stego data features .*--split val .*--res 48 "
+                                         r".*--flip --force"):
+        build.cached_views(cfg, backbone, build.val_dataset(cfg), "cpu")
