@@ -177,8 +177,8 @@ class CachedViews(Dataset):
 
     def __init__(self, store: FeatureStore, dataset, images: bool = False):
         if not store.meta.get("flip"):
-            raise StegoError(f"feature store {store.folder} holds no flipped views; evaluation reads a flip store "
-                             f"(`stego data features ... --flip`)")
+            raise StegoError(f"feature store {store.folder} holds no flipped views; evaluation reads the flip store "
+                             f"of the split it scores (its folder name ends in _flip)")
         self.store, self.dataset, self.images = store, dataset, images
         self.class_names = getattr(dataset, "class_names", None)
 
