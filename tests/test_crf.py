@@ -242,6 +242,8 @@ def test_pool_survives_a_crash_across_batches():
 
 
 def test_ctrl_c_stops_the_workers():
+    # Ctrl-C as a terminal delivers it, also where the test runner was started in the background (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     images, probs = _batch(11, 2, marked={0, 1})
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     start = time.monotonic()
@@ -251,5 +253,6 @@ def test_ctrl_c_stops_the_workers():
             crf_batch(images, probs, workers=2, timeout=30.0, _worker_fn=_sleep_worker)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 15
     _assert_no_children()

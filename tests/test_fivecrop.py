@@ -264,7 +264,9 @@ def test_ctrl_c_stops_five_crop_in_one_line_and_a_rerun_finishes(tmp_path):
     root = make_scenes(tmp_path / "data", SceneSpec(n_train=300, n_val=1, size=96), seed=0)
     argv = [sys.executable, "-m", "stego.cli", "data", "fivecrop", "--dataset", "imagefolder", "--root", str(root),
             "--split", "train", "--workers", "2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test runner started in the background passes it on ignored
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out_dir = cropped_dir(root, "imagefolder") / "img" / "train"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out_dir.glob("*.jpg"))) < 20:
