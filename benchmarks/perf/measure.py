@@ -64,14 +64,16 @@ def _processes() -> dict[int, tuple[int, int]]:
     return found
 
 
-def _descendants_rss(root: int) -> int:
-    """Summed RSS in bytes of every live descendant of process `root`."""
+def _descendants_rss(root: int, skip=frozenset()) -> int:
+    """Summed RSS in bytes of every live descendant of process `root`, but the subtrees of the processes in `skip`."""
     procs, children = _processes(), {}
     for pid, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
     total, stack = 0, [root]
     while stack:
         for child in children.get(stack.pop(), []):
+            if child in skip:
+                continue
             total += procs[child][1]
             stack.append(child)
     return total
@@ -100,52 +102,49 @@ class Usage:
 
 
 class _RssSampler(threading.Thread):
-    def __init__(self, every: float):
+    def __init__(self, every: float, skip=frozenset()):
         super().__init__(daemon=True)
-        self.every, self.peak, self.done = every, 0, threading.Event()
+        self.every, self.skip, self.peak, self.done = every, frozenset(skip), 0, threading.Event()
 
     def run(self):
         while not self.done.is_set():
-            self.peak = max(self.peak, _descendants_rss(os.getpid()))
+            self.peak = max(self.peak, _descendants_rss(os.getpid(), self.skip))
             self.done.wait(self.every)
 
 
 def run_measured(argv, log_path, env=None, cwd=None, sample_s=0.5) -> Usage:
-    """Run `argv` to completion with stdout and stderr to `log_path` and return its Usage. The calling process must
-    have no other children (their usage would be counted) and should be a subreaper (`become_subreaper`)."""
-    sampler = _RssSampler(sample_s)
+    """Run `argv` to completion with stdout and stderr to `log_path` and return its Usage. The calling process should
+    be a subreaper (`become_subreaper`); children it had before are left alone (neither waited for nor counted)."""
+    others = set(_live_children())
+    sampler = _RssSampler(sample_s, others)
     load_start, cores_start, start = list(os.getloadavg()), cpu_times(), time.perf_counter()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         sampler.start()
-        user = system = rss_kb = 0.0
-        status = None
-        leftover = 0
-        deadline = None
-        while True:
-            try:
-                pid, wstatus, usage = os.wait4(-1, 0 if status is None else os.WNOHANG)
-            except ChildProcessError:
+        _, wstatus, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        status = proc.returncode = os.waitstatus_to_exitcode(wstatus)
+        user, system, rss_kb = usage.ru_utime, usage.ru_stime, usage.ru_maxrss
+        deadline = time.perf_counter() + REAP_TIMEOUT
+        while True:  # orphaned descendants re-parented here (exited ones wait as zombies): reap them, with usage
+            orphans = set(_live_children()) - others
+            if not orphans or time.perf_counter() > deadline:
                 break
-            if pid == 0:  # orphans still running
-                if time.perf_counter() > deadline:
-                    leftover = len(_live_children())
-                    break
-                time.sleep(0.05)
-                continue
-            user, system = user + usage.ru_utime, system + usage.ru_stime
-            rss_kb = max(rss_kb, usage.ru_maxrss)
-            if pid == proc.pid:
-                status = os.waitstatus_to_exitcode(wstatus)
-                proc.returncode = status
-                wall = time.perf_counter() - start
-                deadline = time.perf_counter() + REAP_TIMEOUT
+            for pid in orphans:
+                try:
+                    got, _, usage = os.wait4(pid, os.WNOHANG)
+                except ChildProcessError:
+                    continue
+                if got:
+                    user, system = user + usage.ru_utime, system + usage.ru_stime
+                    rss_kb = max(rss_kb, usage.ru_maxrss)
+            time.sleep(0.05)
     sampler.done.set()
     sampler.join()
     return Usage(wall_s=wall, cpu_s=user + system, user_s=user, sys_s=system, max_rss_mb=rss_kb / 1024,
                  tree_rss_mb=sampler.peak / 2**20, machine_busy=busy_fraction(cores_start, cpu_times()),
                  load_start=[round(x, 2) for x in load_start], load_end=[round(x, 2) for x in os.getloadavg()],
-                 returncode=status, leftover=leftover)
+                 returncode=status, leftover=len(orphans))
 
 
 def _live_children() -> list[int]:

@@ -1,12 +1,20 @@
 """The paper-scale rehearsal at a tiny size: the synthetic files in the real layout, the data stages as the real
 commands with their costs recorded, a re-run that runs nothing again; the train and eval command lines it would run
-parse; the sizes and the growth fit. 71 s on the 2 shared cores at load 10 (three stego processes start torch)."""
+parse; the sizes and the growth fit; a command's orphans counted, other children of the measuring process left
+alone. ~25 s on the 2 shared cores at load 5 (three stego processes start torch)."""
+import subprocess
+import sys
+import time
+
 import pytest
 
 from stego.cli import build_parser, parse
 
 from . import rehearsal, rehearsal_data
-from .measure import tree_files
+from .measure import REAP_TIMEOUT, become_subreaper, run_measured, tree_files
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
+"""A process that spends 0.5 s of CPU."""
 
 
 def test_split_sizes_scale_every_split_and_full_is_the_paper():
@@ -50,3 +58,20 @@ def test_train_and_eval_command_lines_parse(tmp_path):
             if stage.argv[1:3] == ["-m", "stego.cli"]:
                 args = parse(build_parser(), [str(a) for a in stage.argv[3:]])
                 assert args.command in ("data", "train", "eval"), stage.name
+
+
+def test_a_commands_orphans_are_counted_and_other_children_left_alone(tmp_path):
+    assert become_subreaper()
+    other = subprocess.Popen([sys.executable, "-c", "import time; x = b'.' * 300_000_000; time.sleep(60)"])  # a fixture
+    try:
+        orphaning = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {BURN!r}])"  # outlives it
+        began = time.perf_counter()
+        usage = run_measured([sys.executable, "-c", orphaning], tmp_path / "log")
+        assert usage.returncode == 0 and usage.leftover == 0
+        assert usage.cpu_s >= 0.5  # the orphan's CPU time was reaped and counted
+        assert time.perf_counter() - began < REAP_TIMEOUT / 2  # no wait for the unrelated child
+        assert other.poll() is None  # neither reaped nor waited for
+        assert usage.tree_rss_mb < 200  # the unrelated child holds 300 MB: not the command's
+    finally:
+        other.kill()
+        other.wait()
