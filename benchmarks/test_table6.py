@@ -33,18 +33,3 @@ def test_table6_record_lists_every_preset(results_dir):
     assert [r["preset"] for r in saved["rows"]] == [r["preset"] for r in table6()]
     assert saved["paper"] == TABLE6_PAPER
 
-
-def test_table6_reaches_a_report(tmp_path):
-    from reports import build_reports
-
-    write_table6(tmp_path / "res")
-    pages = build_reports(tmp_path / "res", tmp_path / "out")
-    page = (tmp_path / "out" / "table6.md").read_text()
-    assert pages[-1].name == "table6.md" and "[Table 6: hyperparameters](table6.md)" in pages[0].read_text()
-    for row in table6():
-        assert f"| {row['preset']} | {row['follows']} | {row['dataset']} |" in page
-    assert "| cocostuff27 | 0.15 | 1.00 | 0.10 | 1.00 | 0.20 | 0.12 |" in page
-    assert ("| cityscapes27_release | release | cityscapes27 | dino_vitb8 | 100 | 0.9058762625226623 | "
-            "0.577453483136995 | 1.0 | 0.31361241889448443 | 0.1754346515479633 | 0.45828472207 |") in page
-    csv = (tmp_path / "out" / "table6" / "presets.csv").read_text().splitlines()
-    assert len(csv) == len(table6()) + 1

@@ -116,12 +116,7 @@ def feature_spec(cfg: Config, split: str = "train") -> FeatureSpec:
 def cached_items(cfg: Config, backbone, dataset, device, labels: bool = True, split: str = "train") -> CachedItems:
     """`dataset`'s items as their stored backbone features (data.features=cached): the store is built now, once,
     if it does not exist yet (parallel jobs wait for the first one's); one made for something else is an error."""
-    spec = feature_spec(cfg, split)
-    if not (spec.folder / INDEX).exists():
-        log.info("no feature store at %s yet: building it now (once)", spec.folder)
-    store = build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, labels=labels,
-                        device=device, workers=worker_count(cfg.data.workers))
-    return CachedItems(store, labels)
+    return CachedItems(_store(cfg, feature_spec(cfg, split), backbone, dataset, device, labels=labels), labels)
 
 
 def val_feature_spec(cfg: Config, split: str = "val") -> FeatureSpec:
@@ -135,12 +130,16 @@ def val_feature_spec(cfg: Config, split: str = "val") -> FeatureSpec:
 def cached_views(cfg: Config, backbone, dataset, device, split: str = "val") -> CachedViews:
     """`dataset` (the split scored) as its stored views for evaluation (without images: `.with_images()` adds
     them); the flip store is built now, once, in eval.batch_size forwards, if it does not exist yet."""
-    spec = val_feature_spec(cfg, split)
+    store = _store(cfg, val_feature_spec(cfg, split), backbone, dataset, device, batch_size=cfg.eval.batch_size)
+    return CachedViews(store, dataset)
+
+
+def _store(cfg: Config, spec: FeatureSpec, backbone, dataset, device, **options):
+    """The store `spec` names over `dataset`, opened, or built now under its lock (build_store's `options`)."""
     if not (spec.folder / INDEX).exists():
         log.info("no feature store at %s yet: building it now (once)", spec.folder)
-    store = build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, batch_size=cfg.eval.batch_size,
-                        device=device, workers=worker_count(cfg.data.workers))
-    return CachedViews(store, dataset)
+    return build_store(backbone, dataset, spec.folder, spec.meta(), root=cfg.data.root, device=device,
+                       workers=worker_count(cfg.data.workers), **options)
 
 
 def model_for(cfg: Config, in_dim: int, n_classes: int) -> Stego:

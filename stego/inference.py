@@ -42,8 +42,7 @@ def tta_code(model, backbone, images: torch.Tensor, precision: str) -> torch.Ten
 def upsampled_code(model, backbone, images: torch.Tensor, size, precision: str) -> torch.Tensor:
     """The TTA code (backbone in `precision`) bilinearly upsampled to `size`: what every probe, refitted ones too,
     is scored on."""
-    return F.interpolate(tta_code(model, backbone, images, precision), size=size, mode="bilinear",
-                         align_corners=False)
+    return _upsample(tta_code(model, backbone, images, precision), size)
 
 
 @torch.no_grad()
@@ -51,10 +50,13 @@ def batch_code(model, backbone, batch: dict, size, precision: str, device) -> to
     """`upsampled_code` of a loader batch: from its images (`img`) through the backbone, or, with backbone None,
     from the views a flip feature store kept (`feats` [B, 2, C, h, w], stego.data.features.CachedViews)."""
     if backbone is None:
-        feats = batch["feats"].to(device, non_blocking=True)
-        code = views_code(model, torch.cat([feats[:, 0], feats[:, 1]]))
-        return F.interpolate(code, size=size, mode="bilinear", align_corners=False)
+        stored = batch["feats"].to(device, non_blocking=True)
+        return _upsample(views_code(model, torch.cat([stored[:, 0], stored[:, 1]])), size)
     return upsampled_code(model, backbone, batch["img"].to(device, non_blocking=True), size, precision)
+
+
+def _upsample(code: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(code, size=size, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from stego.errors import StegoError
 from stego.evaluate import run_eval, validator
 from stego.runs import counts_file
 from stego.train import train
+from tests.test_features_train import filterbank_world
 from tests.test_train import tiny
 
 EVAL = ["eval.crf=true", "eval.crf_workers=0", "eval.cluster_restarts=2", "eval.bootstrap_resamples=50",
@@ -28,10 +29,7 @@ CACHED32 = ["data.features=cached", "data.features_dtype=float32"]
 def world(tmp_path_factory):
     """Toy scenes and a short filter-bank run trained from images."""
     tmp = tmp_path_factory.mktemp("world")
-    root = make_scenes(tmp / "scenes", SceneSpec(n_train=24, n_val=6, size=64), seed=4)
-    cfg = with_overrides(tiny(root, iterations=30, batch_size=8, checkpoint_every=30, lr=1e-3),
-                         ["model.backbone=filterbank", "model.dim=16", "data.res=48", *EVAL])
-    return tmp, cfg, train(cfg, tmp / "run")
+    return tmp, *filterbank_world(tmp, 24, 6, 30, EVAL, "run")
 
 
 def _numbers(record) -> dict:

@@ -18,14 +18,20 @@ from tests.test_train import tiny
 FAST_EVAL = ["eval.cluster_restarts=0", "eval.bootstrap_resamples=0", "eval.overclustering=false"]
 
 
+def filterbank_world(tmp, n_train: int, n_val: int, iterations: int, overrides, out: str):
+    """Seeded toy scenes under `tmp` and a filter-bank run of `iterations` trained from images in tmp/out:
+    (config, checkpoint)."""
+    root = make_scenes(tmp / "scenes", SceneSpec(n_train=n_train, n_val=n_val, size=64), seed=4)
+    cfg = with_overrides(tiny(root, iterations=iterations, batch_size=8, checkpoint_every=iterations, lr=1e-3),
+                         ["model.backbone=filterbank", "model.dim=16", "data.res=48", *overrides])
+    return cfg, train(cfg, tmp / out)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Toy scenes and a filter-bank run long enough to learn (its scores are far from chance), from images."""
     tmp = tmp_path_factory.mktemp("world")
-    root = make_scenes(tmp / "scenes", SceneSpec(n_train=32, n_val=8, size=64), seed=4)
-    cfg = with_overrides(tiny(root, iterations=60, batch_size=8, checkpoint_every=60, lr=1e-3),
-                         ["model.backbone=filterbank", "model.dim=16", "data.res=48", *FAST_EVAL])
-    return tmp, cfg, train(cfg, tmp / "images")
+    return tmp, *filterbank_world(tmp, 32, 8, 60, FAST_EVAL, "images")
 
 
 def _scores(checkpoint):

@@ -19,6 +19,8 @@ from stego.errors import StegoError
 from reports import build_reports
 from reports.runs import load_records
 from reports.tables import mean_std
+from benchmarks.registry import table6
+from benchmarks.runner import write_table6
 
 CONFUSION = [[50, 2, 3], [4, 40, 6], [1, 8, 30]]
 
@@ -340,3 +342,17 @@ def test_ablation_section_pairs_each_row_with_the_reference_by_its_counts(tmp_pa
     restarts = line_of(page.split("## Cluster probe: restarts")[1], "full")
     assert restarts[2:] == ["3", "50.0", "50.0 [40.0, 52.0]", "30.0", "28.0 [20.0, 31.0]"]  # Acc, then mIoU
     assert (out / "table5" / "overclustering.png").is_file()
+
+
+def test_table6_reaches_a_report(tmp_path):
+    write_table6(tmp_path / "res")
+    pages = build_reports(tmp_path / "res", tmp_path / "out")
+    page = (tmp_path / "out" / "table6.md").read_text()
+    assert pages[-1].name == "table6.md" and "[Table 6: hyperparameters](table6.md)" in pages[0].read_text()
+    for row in table6():
+        assert f"| {row['preset']} | {row['follows']} | {row['dataset']} |" in page
+    assert "| cocostuff27 | 0.15 | 1.00 | 0.10 | 1.00 | 0.20 | 0.12 |" in page
+    assert ("| cityscapes27_release | release | cityscapes27 | dino_vitb8 | 100 | 0.9058762625226623 | "
+            "0.577453483136995 | 1.0 | 0.31361241889448443 | 0.1754346515479633 | 0.45828472207 |") in page
+    csv = (tmp_path / "out" / "table6" / "presets.csv").read_text().splitlines()
+    assert len(csv) == len(table6()) + 1

@@ -26,6 +26,7 @@ from stego.constants import IGNORE
 from stego.data.commands import knn_command
 from stego.data.knn import TableSpec, add_split_arguments, source_fingerprint
 from stego.errors import MissingFileError, StegoError
+from stego.inference import flip_features
 from stego.io import atomic_save_json, atomic_write, read_json, waiting_lock
 from stego.runtime import autocast, pick_device, set_tf32, worker_count
 
@@ -247,11 +248,10 @@ def _write_chunks(backbone, dataset, folder: Path, building: dict, batch_size: i
     meta, chunk, n = building["meta"], building["chunk"], len(dataset)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
-    def featurize(images):  # [B, C, h, w], or [B, 2, C, h, w]: the images' and their flips' (one forward of 2B)
+    def featurize(images):  # [B, C, h, w], or [B, 2, C, h, w]: the TTA's forward of [images; flips], as it runs it
         if not meta.get("flip"):
             return backbone(images)
-        both = backbone(torch.cat([images, images.flip(dims=[3])]))
-        return torch.stack(both.chunk(2), dim=1)
+        return torch.stack(flip_features(backbone, images, meta["precision"]).chunk(2), dim=1)
 
     with torch.no_grad(), autocast(device, meta["precision"]):
         probe = dataset[0]
