@@ -6,7 +6,9 @@ descendant that was waited for. Process pools whose workers outlive their parent
 forkserver, which starts the DenseCRF workers) would escape it, so the measuring process makes itself a child
 subreaper (prctl PR_SET_CHILD_SUBREAPER): orphans are re-parented to it and reaped, with their own descendants'
 usage, before the stage counts as finished. Peak RSS is the largest single process; `tree_rss_mb` is the peak of
-the tree's summed RSS, sampled twice a second (shared pages of forked workers count once per process).
+the tree's summed RSS, sampled twice a second (shared pages of forked workers count once per process), with the
+seconds into the command when it peaked and the largest single process seen (`biggest`), so a peak found at scale
+names its process and moment.
 """
 import ctypes
 import os
@@ -64,19 +66,28 @@ def _processes() -> dict[int, tuple[int, int]]:
     return found
 
 
-def _descendants_rss(root: int, skip=frozenset()) -> int:
-    """Summed RSS in bytes of every live descendant of process `root`, but the subtrees of the processes in `skip`."""
+def _descendants_rss(root: int, skip=frozenset()) -> dict[int, int]:
+    """{pid: RSS in bytes} of every live descendant of process `root`, but the subtrees of the processes in `skip`."""
     procs, children = _processes(), {}
     for pid, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
+    found, stack = {}, [root]
     while stack:
         for child in children.get(stack.pop(), []):
             if child in skip:
                 continue
-            total += procs[child][1]
+            found[child] = procs[child][1]
             stack.append(child)
-    return total
+    return found
+
+
+def _command_name(pid: int) -> str:
+    """A process's name as `ps` shows it (the DataLoader's workers rename themselves pt_data_worker)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 @dataclass
@@ -96,19 +107,35 @@ class Usage:
     returncode: int
     leftover: int = 0
     """Descendants still alive REAP_TIMEOUT seconds after the command exited (their usage is missing)."""
+    peak_at_s: float = 0.0
+    """Seconds into the command when the sampled tree RSS peaked (where in a long stage memory grew)."""
+    biggest: str = ""
+    """The process with the largest sampled RSS, its name, the seconds into the command and the RSS in MB."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class _RssSampler(threading.Thread):
+    """Samples the command's tree every `every` seconds: the peak of its summed RSS and when it was reached, and
+    the single largest process seen."""
+
     def __init__(self, every: float, skip=frozenset()):
         super().__init__(daemon=True)
-        self.every, self.skip, self.peak, self.done = every, frozenset(skip), 0, threading.Event()
+        self.every, self.skip, self.done = every, frozenset(skip), threading.Event()
+        self.peak = self.peak_at = self.biggest_rss = 0
+        self.biggest = ""
 
     def run(self):
+        start = time.perf_counter()
         while not self.done.is_set():
-            self.peak = max(self.peak, _descendants_rss(os.getpid(), self.skip))
+            found, now = _descendants_rss(os.getpid(), self.skip), time.perf_counter() - start
+            if sum(found.values()) > self.peak:
+                self.peak, self.peak_at = sum(found.values()), now
+            pid, rss = max(found.items(), key=lambda item: item[1], default=(0, 0))
+            if rss > self.biggest_rss:
+                self.biggest_rss = rss
+                self.biggest = f"{_command_name(pid)} ({pid}) at {now:.0f} s: {rss / 2**20:.0f} MB"
             self.done.wait(self.every)
 
 
@@ -144,7 +171,7 @@ def run_measured(argv, log_path, env=None, cwd=None, sample_s=0.5) -> Usage:
     return Usage(wall_s=wall, cpu_s=user + system, user_s=user, sys_s=system, max_rss_mb=rss_kb / 1024,
                  tree_rss_mb=sampler.peak / 2**20, machine_busy=busy_fraction(cores_start, cpu_times()),
                  load_start=[round(x, 2) for x in load_start], load_end=[round(x, 2) for x in os.getloadavg()],
-                 returncode=status, leftover=len(orphans))
+                 returncode=status, leftover=len(orphans), peak_at_s=round(sampler.peak_at, 1), biggest=sampler.biggest)
 
 
 def _live_children() -> list[int]:

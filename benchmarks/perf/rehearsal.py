@@ -141,7 +141,8 @@ def rehearse(top: Path, sizes, datasets=DATASETS, only=STAGES, iterations=100, b
                 recorded[stage.name] = _record(results, dataset, n, stage, usage, tree_files(stage.outputs))
                 atomic_save_json(results, path)
                 print(f"    {stage.name}: {usage.wall_s:.1f} s wall, {usage.cpu_s:.1f} s CPU, "
-                      f"{usage.max_rss_mb:.0f} MB peak RSS (tree {usage.tree_rss_mb:.0f} MB), load "
+                      f"{usage.max_rss_mb:.0f} MB peak RSS (tree {usage.tree_rss_mb:.0f} MB at "
+                      f"{usage.peak_at_s:.0f} s; largest: {usage.biggest}), load "
                       f"{usage.load_start[0]:.1f}→{usage.load_end[0]:.1f}", flush=True)
             complete = all(s in recorded for s in STAGES)
             done_all &= complete

@@ -75,3 +75,20 @@ def test_a_commands_orphans_are_counted_and_other_children_left_alone(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+LATE_GROWER = ("import os, subprocess, sys\n"
+               "script = 'import os, time; print(os.getpid(), flush=True); time.sleep(1.5); "
+               "x = bytearray(300_000_000); time.sleep(1.0)'\n"
+               "subprocess.run([sys.executable, '-c', script], check=True)\n")
+"""A command whose child allocates 300 MB only 1.5 s in: the peak must name that child and that moment."""
+
+
+def test_the_peak_names_its_process_and_moment(tmp_path):
+    usage = run_measured([sys.executable, "-c", LATE_GROWER], tmp_path / "log", sample_s=0.1)
+    child = (tmp_path / "log").read_text().split()[0]
+    assert usage.returncode == 0
+    assert f"({child}) at " in usage.biggest and usage.biggest.endswith(" MB")
+    assert 280 <= float(usage.biggest.split(": ")[-1][:-3]) <= 400
+    assert 1.4 <= usage.peak_at_s <= 3.5  # not the start, when both processes are small
+    assert usage.tree_rss_mb >= 280
