@@ -130,8 +130,9 @@ class _RssSampler(threading.Thread):
         start = time.perf_counter()
         while not self.done.is_set():
             found, now = _descendants_rss(os.getpid(), self.skip), time.perf_counter() - start
-            if sum(found.values()) > self.peak:
-                self.peak, self.peak_at = sum(found.values()), now
+            total = sum(found.values())
+            if total > self.peak:
+                self.peak, self.peak_at = total, now
             pid, rss = max(found.items(), key=lambda item: item[1], default=(0, 0))
             if rss > self.biggest_rss:
                 self.biggest_rss = rss
