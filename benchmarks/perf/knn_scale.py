@@ -6,7 +6,9 @@ Each (N, D) runs in a fresh process on random features (k = 30, the default tile
 and at `--full` (COCO's 49,629 images × 5 crops) the full set-up (normalised copy, N×k outputs) with only the first
 `--blocks` query blocks computed, then projected to all ⌈N / chunk⌉ blocks: every block does the same work (chunk
 queries against all N keys), so the projection is exact up to timing noise. Peak memory is the process's VmHWM
-(reset after the random features exist) minus its resident set then: what mining adds to holding the features.
+(reset after the random features exist) minus its resident set then: what mining adds to holding the features,
+with glibc told to return large blocks at once (MALLOC_MMAP_THRESHOLD_, as in test_perf_knn.py) so the peak is
+the live working set, not freed memory the allocator kept.
 The GPU projection divides the 2·N²·D matmul FLOPs by the matmul rate (benchmarks/perf/hardware.py) of a device
 given in TFLOP/s (--gpu-tflops; an H100's dense fp32 without TF32 is about 50); the top-k merges are left out.
 """

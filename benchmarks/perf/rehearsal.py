@@ -10,8 +10,9 @@ preset on that backbone, real loader with workers) and `stego eval` over the val
 Each stage's wall time, CPU time and peak memory (its whole process tree, benchmarks/perf/measure.py) and the files
 it wrote go to ROOT/results.json; a stage recorded there is not run again, so an interrupted rehearsal continues
 with the same command. The tables (stage × N, then each stage's growth exponent: the least-squares slope of log cost
-against log items) are printed at the end (`--table` prints them from the results alone). A size's data root is
-deleted once all its stages are done, and a dataset's pool once all its sizes are (`--keep` keeps both).
+against log items) are printed at the end (`--table` prints them from the results alone, merging the roots
+given, which must come from one machine). A size's data root is deleted once all its stages are done, and a
+dataset's pool once all its sizes are (`--keep` keeps both).
 Not part of the default test run; benchmarks/perf/test_rehearsal.py runs it at a tiny size.
 """
 import argparse
@@ -162,6 +163,21 @@ def growth_exponent(xs, ys) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from several roots' (a later root's stage at the same dataset and N replaces an earlier's);
+    roots measured on different machines are an error, since their costs do not belong on one curve."""
+    machines = {p["machine"]["cpu"] + f", {p['machine']['cores']} cores" for p in parts}
+    if len(machines) > 1:
+        raise SystemExit(f"results measured on different machines ({'; '.join(sorted(machines))}); print their "
+                         "tables apart (--table with the roots of one machine)")
+    merged = {"machine": parts[0]["machine"], "runs": {}}
+    for part in parts:
+        for dataset, by_size in part["runs"].items():
+            for n, recorded in by_size.items():
+                merged["runs"].setdefault(dataset, {}).setdefault(n, {}).update(recorded)
+    return merged
+
+
 def _fmt(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -193,7 +209,8 @@ def tables(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, required=True, help="where the data, logs and results.json go")
+    p.add_argument("--root", type=Path, required=True, nargs="+",
+                   help="where the data, logs and results.json go (with --table: one or more roots, merged)")
     p.add_argument("--sizes", default="1000,5000,25000,full", help="COCO train images per size, or 'full'")
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--stages", default=",".join(STAGES), help="run only these (the others must be recorded)")
@@ -201,16 +218,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's, 32)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes writing the synthetic files")
     p.add_argument("--keep", action="store_true", help="keep the data roots and pools after their stages")
-    p.add_argument("--table", action="store_true", help="only print the tables of ROOT/results.json")
+    p.add_argument("--table", action="store_true", help="only print the tables of ROOT/results.json (merged)")
     args = p.parse_args(argv)
     if args.table:
-        print(tables(read_json(args.root / "results.json")), end="")
+        missing = [str(r / "results.json") for r in args.root if not (r / "results.json").is_file()]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} not found; pass rehearsal roots (folders with results.json)")
+        print(tables(merge_results([read_json(r / "results.json") for r in args.root])), end="")
         return 0
+    if len(args.root) > 1:
+        raise SystemExit("a rehearsal runs in one --root; several roots are for --table")
     datasets = [d for d in args.datasets.split(",") if d]
     unknown = sorted(set(datasets) - set(DATASETS)) + sorted(set(args.stages.split(",")) - set(STAGES))
     if unknown:
         raise SystemExit(f"unknown dataset or stage {', '.join(unknown)}; choose from {DATASETS} and {STAGES}")
-    results = rehearse(args.root, parse_sizes(args.sizes), datasets, args.stages.split(","), args.iterations,
+    results = rehearse(args.root[0], parse_sizes(args.sizes), datasets, args.stages.split(","), args.iterations,
                        args.batch_size, args.workers, args.keep)
     print(tables(results), end="")
     return 0

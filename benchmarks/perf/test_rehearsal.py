@@ -9,6 +9,7 @@ import time
 import pytest
 
 from stego.cli import build_parser, parse
+from stego.io import atomic_save_json
 
 from . import rehearsal, rehearsal_data
 from .measure import REAP_TIMEOUT, become_subreaper, run_measured, tree_files
@@ -92,3 +93,33 @@ def test_the_peak_names_its_process_and_moment(tmp_path):
     assert 280 <= float(usage.biggest.split(": ")[-1][:-3]) <= 400
     assert 1.4 <= usage.peak_at_s <= 3.5  # not the start, when both processes are small
     assert usage.tree_rss_mb >= 280
+
+
+def _results(cpu, runs):
+    return {"machine": {"cpu": cpu, "cores": 2, "memory_gib": 23.5, "python": "3.11"}, "runs": runs}
+
+
+def _entry(items, cpu_s):
+    return dict(items=items, wall_s=cpu_s, cpu_s=cpu_s, max_rss_mb=100.0, tree_rss_mb=150.0, files=1, mb=0.0,
+                load_start=[1.0], load_end=[1.0])
+
+
+def test_tables_merge_roots_of_one_machine_and_refuse_two(tmp_path, capsys):
+    first = _results("cpu A", {"cocostuff27": {"1000": {"knn": _entry(5000, 100.0), "train": _entry(5000, 9.0)}}})
+    second = _results("cpu A", {"cocostuff27": {"1000": {"knn": _entry(5000, 120.0)},
+                                                "5000": {"knn": _entry(25000, 900.0)}}})
+    merged = rehearsal.merge_results([first, second])
+    assert merged["runs"]["cocostuff27"]["1000"]["knn"]["cpu_s"] == 120.0  # the later root's row
+    assert merged["runs"]["cocostuff27"]["1000"]["train"]["cpu_s"] == 9.0  # the earlier root's other stage kept
+    for name, part in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        atomic_save_json(part, tmp_path / name / "results.json")
+    assert rehearsal.main(["--table", "--root", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    table = capsys.readouterr().out
+    assert "| cocostuff27 | knn | 5,000 | 25,000 |" in table
+    assert "| cocostuff27 | knn | 1,000 | 5,000 | 120.0 |" in table
+    assert "| cocostuff27 | knn | 1.25 | 1.25 |" in table  # log(900 / 120) / log(5): the merged points
+    with pytest.raises(SystemExit, match="different machines"):
+        rehearsal.merge_results([first, _results("cpu B", {})])
+    with pytest.raises(SystemExit, match="not found"):
+        rehearsal.main(["--table", "--root", str(tmp_path / "a"), str(tmp_path / "missing")])
