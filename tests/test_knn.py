@@ -55,6 +55,13 @@ def test_topk_normalises_rows_itself():
     np.testing.assert_allclose(sims.numpy(), want_sims, atol=1e-5)
 
 
+def test_topk_reports_its_progress_in_a_log(capsys):
+    """The top-k phase is minutes of CPU at COCO's N: its bar must reach a log file, not only a terminal."""
+    topk_cosine(torch.randn(40, 8), 3, chunk=10)
+    err = capsys.readouterr().err
+    assert "knn top-k" in err and "4/4" in err
+
+
 @pytest.mark.parametrize("chunk,key_chunk", [(1, 1), (3, 4), (16, None)])
 def test_self_is_rank_zero_even_among_duplicates(chunk, key_chunk):
     base = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))

@@ -67,7 +67,7 @@ def topk_cosine(feats, k, chunk=1024, key_chunk=16384, device=None):
     key_chunk = n if key_chunk is None else min(key_chunk, n)
     indices = torch.empty(n, k, dtype=torch.int64)
     sims = torch.empty(n, k, dtype=torch.float32)
-    for q0 in tqdm(range(0, n, chunk), desc="knn top-k", unit="chunk", disable=None):
+    for q0 in tqdm(range(0, n, chunk), desc="knn top-k", unit="chunk"):
         top_v, top_i = _query_block_topk(feats, q0, min(q0 + chunk, n), k, key_chunk)
         indices[q0:q0 + len(top_i)] = top_i.cpu()
         sims[q0:q0 + len(top_v)] = top_v.cpu()
