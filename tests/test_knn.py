@@ -179,6 +179,18 @@ def test_embed_refuses_out_of_order_items():
         embed_dataset(TinyBackbone(), Shuffled(), batch_size=4, device="cpu", precision="fp32")
 
 
+def test_embed_refuses_a_dataset_shorter_than_its_length():
+    class Short(torch.utils.data.IterableDataset):
+        def __len__(self):
+            return 6
+
+        def __iter__(self):
+            return iter(TinyImages(n=4)[i] for i in range(4))
+
+    with pytest.raises(StegoError, match=r"Short gave 4 items but has length 6"):
+        embed_dataset(TinyBackbone(), Short(), batch_size=4, device="cpu", precision="fp32")
+
+
 META = dict(backbone="tiny", weights="random", dataset="tinyset", split="train", crops="none", res=16)
 
 

@@ -102,21 +102,29 @@ def _query_block_topk(feats, q0, q1, k, key_chunk):
 def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, *, precision):
     """Global-average-pooled, L2-normalised backbone features of every item of `dataset`, float32 [N, C] on
     the CPU, in dataset order. The backbone runs in `precision` (train.precision: 'fp32', or 'bf16' autocast);
-    pooling and normalisation stay fp32."""
+    pooling and normalisation stay fp32. Rows go into one [N, C] block allocated once: keeping a small tensor per
+    batch, each allocated between that batch's large temporaries, pins glibc's heap so it cannot shrink (on the CPU
+    2.4 GB after 500 COCO batches instead of 1.0 GB, and once 12.9 GB at COCO's 248,145 crops)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    out, seen = [], 0
+    out, seen = None, 0
     with torch.no_grad(), autocast(device, precision):
         for batch in tqdm(loader, desc="knn features", unit="batch"):
             img = batch["img"]
             if "index" in batch:
                 _check_order(dataset, batch["index"], seen)
             fmap = backbone(img.to(device, non_blocking=True)).float()
-            out.append(F.normalize(fmap.mean((2, 3)), dim=1).cpu())
+            pooled = F.normalize(fmap.mean((2, 3)), dim=1)
+            if out is None:  # one block for all rows, allocated once (see the docstring)
+                out = torch.empty(len(dataset), pooled.shape[1], dtype=torch.float32)
+            out[seen:seen + len(img)] = pooled
             seen += len(img)
-    return torch.cat(out)
+    if seen != len(dataset):
+        raise StegoError(f"{type(dataset).__name__} gave {seen} items but has length {len(dataset)}; KNN rows must "
+                         "be the dataset's items: fix its __len__ or its files")
+    return out
 
 
 def _check_order(dataset, index, seen):
