@@ -179,16 +179,22 @@ def test_embed_refuses_out_of_order_items():
         embed_dataset(TinyBackbone(), Shuffled(), batch_size=4, device="cpu", precision="fp32")
 
 
-def test_embed_refuses_a_dataset_shorter_than_its_length():
-    class Short(torch.utils.data.IterableDataset):
+@pytest.mark.parametrize("length,items,said", [(6, 4, "gave 4 items"), (3, 8, "gave more than 3 items")])
+def test_embed_refuses_a_dataset_that_is_not_its_length(length, items, said):
+    class Lying(torch.utils.data.IterableDataset):
         def __len__(self):
-            return 6
+            return length
 
         def __iter__(self):
-            return iter(TinyImages(n=4)[i] for i in range(4))
+            return iter(TinyImages(n=items)[i] for i in range(items))
 
-    with pytest.raises(StegoError, match=r"Short gave 4 items but has length 6"):
-        embed_dataset(TinyBackbone(), Short(), batch_size=4, device="cpu", precision="fp32")
+    with pytest.raises(StegoError, match=rf"Lying {said} but has length {length}; .*fix its __len__"):
+        embed_dataset(TinyBackbone(), Lying(), batch_size=4, device="cpu", precision="fp32")
+
+
+def test_embed_refuses_an_empty_dataset():
+    with pytest.raises(StegoError, match=r"TinyImages has no items to embed"):
+        embed_dataset(TinyBackbone(), TinyImages(n=0), batch_size=4, device="cpu", precision="fp32")
 
 
 META = dict(backbone="tiny", weights="random", dataset="tinyset", split="train", crops="none", res=16)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 K, CHUNK = 30, 1024
 
 
-def _status(field: str) -> int:
+def proc_status(field: str) -> int:
     """Bytes of a /proc/self/status field (VmRSS, VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -43,7 +43,7 @@ def _status(field: str) -> int:
 def child(n: int, dim: int, blocks: int | None) -> dict:
     """Mine n random dim-d features (all query blocks, or the first `blocks` of them); seconds and peak bytes."""
     feats = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     start = time.perf_counter()
     if blocks is None:
@@ -58,8 +58,9 @@ def child(n: int, dim: int, blocks: int | None) -> dict:
         done = blocks
     seconds = time.perf_counter() - start
     return {"n": n, "dim": dim, "blocks": done, "of_blocks": math.ceil(n / CHUNK), "seconds": seconds,
-            "projected_s": seconds * math.ceil(n / CHUNK) / done, "extra_mb": (_status("VmHWM") - base) / 2**20,
-            "rss_mb": _status("VmHWM") / 2**20, "threads": torch.get_num_threads()}
+            "projected_s": seconds * math.ceil(n / CHUNK) / done,
+            "extra_mb": (proc_status("VmHWM") - base) / 2**20, "rss_mb": proc_status("VmHWM") / 2**20,
+            "threads": torch.get_num_threads()}
 
 
 def measure(n: int, dim: int, blocks: int | None) -> dict:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from stego.data.knn import topk_cosine
 
+from .knn_scale import proc_status
 from .report import compare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,13 +67,6 @@ def tensor_bytes(method, n):
     return 4 * n * D + 4 * block + 12 * n * K
 
 
-def _status(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def measure_in_subprocess(runs):
     """{(method, n): {seconds, peak_bytes}} for each (method, n) of `runs`, measured in one fresh process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_="65536")
@@ -87,14 +81,15 @@ def _child(runs):
     run_method("all_pairs", random_feats(64, seed=1), 8)  # warm up thread pools and kernels outside the peaks
     for method, n in runs:
         feats = random_feats(n)
-        before = _status("VmRSS")
+        before = proc_status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
         start = time.perf_counter()
         idx, _ = run_method(method, feats, K)
         seconds = time.perf_counter() - start
         assert torch.equal(idx[:, 0], torch.arange(n))
         del idx, feats
-        print(json.dumps(dict(method=method, n=n, seconds=seconds, peak_bytes=_status("VmHWM") - before)), flush=True)
+        peak = proc_status("VmHWM") - before
+        print(json.dumps(dict(method=method, n=n, seconds=seconds, peak_bytes=peak)), flush=True)
 
 
 def record(method, n, benchmark=None, extrapolated=False, **values):

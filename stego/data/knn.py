@@ -104,11 +104,14 @@ def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, *, p
     the CPU, in dataset order. The backbone runs in `precision` (train.precision: 'fp32', or 'bf16' autocast);
     pooling and normalisation stay fp32. Rows go into one [N, C] block allocated once: keeping a small tensor per
     batch, each allocated between that batch's large temporaries, pins glibc's heap so it cannot shrink (on the CPU
-    2.4 GB after 500 COCO batches instead of 1.0 GB, and once 12.9 GB at COCO's 248,145 crops)."""
+    1.64 GB instead of 1.01 over 400 COCO batches, benchmarks/perf/knn_embed_memory.py; once 12.9 GB at 248,145)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
+    n = len(dataset)
+    if n == 0:
+        raise StegoError(f"{type(dataset).__name__} has no items to embed; check the split's files and lists")
     out, seen = None, 0
     with torch.no_grad(), autocast(device, precision):
         for batch in tqdm(loader, desc="knn features", unit="batch"):
@@ -118,12 +121,15 @@ def embed_dataset(backbone, dataset, batch_size=64, device=None, workers=0, *, p
             fmap = backbone(img.to(device, non_blocking=True)).float()
             pooled = F.normalize(fmap.mean((2, 3)), dim=1)
             if out is None:  # one block for all rows, allocated once (see the docstring)
-                out = torch.empty(len(dataset), pooled.shape[1], dtype=torch.float32)
-            out[seen:seen + len(img)] = pooled
+                out = torch.empty(n, pooled.shape[1], dtype=torch.float32)
             seen += len(img)
-    if seen != len(dataset):
-        raise StegoError(f"{type(dataset).__name__} gave {seen} items but has length {len(dataset)}; KNN rows must "
-                         "be the dataset's items: fix its __len__ or its files")
+            if seen > n:
+                break
+            out[seen - len(img):seen] = pooled
+    if seen != n:
+        got = f"more than {n}" if seen > n else str(seen)
+        raise StegoError(f"{type(dataset).__name__} gave {got} items but has length {n}; KNN rows must be the "
+                         "dataset's items: fix its __len__ or its files")
     return out
 
 
